@@ -1,0 +1,2 @@
+//! The scheduler's pure decision core. It takes a snapshot and returns a plan: no
+//! Kubernetes client, no async runtime, no clock.

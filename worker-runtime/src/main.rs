@@ -1,0 +1,6 @@
+//! `phalanx-worker`: see DESIGN.md.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("phalanx-worker: not built yet; see the open issues");
+    std::process::ExitCode::from(2)
+}
