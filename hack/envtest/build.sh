@@ -2,8 +2,8 @@
 # Builds (or reuses) the reference control-plane binaries from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and kwok.
 #
-# The cache directory is keyed on the pinned go.mod/go.sum files and this script, so a
-# version change rebuilds and nothing else does. Prints the bin directory on its last
+# The cache directory is keyed on the pinned go.mod/go.sum files and the recipe number
+# below, so a version change rebuilds and nothing else does. Prints the bin directory on its last
 # line of stdout; everything else goes to stderr.
 #
 #   hack/envtest/build.sh            build or reuse, print the bin dir
@@ -21,7 +21,9 @@ kube_version=$(required_version "$here/kube/go.mod" k8s.io/kubernetes)
 etcd_version=$(required_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 kwok_version=$(required_version "$here/kwok/go.mod" sigs.k8s.io/kwok)
 
-key=$(cat "$here"/build.sh "$here"/*/go.mod "$here"/*/go.sum | sha256sum | cut -c1-12)
+# Bump when the build recipe below changes in a way that changes the binaries.
+recipe=1
+key=$( (echo "recipe=$recipe"; cat "$here"/*/go.mod "$here"/*/go.sum) | sha256sum | cut -c1-12)
 cache_root="${PHALANX_ENVTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phalanx/envtest}"
 dir="$cache_root/kube-${kube_version}_etcd-${etcd_version}_kwok-${kwok_version}_${key}"
 bin="$dir/bin"
@@ -80,7 +82,7 @@ if [ "${1:-}" = "--versions" ]; then
     "$bin/kube-scheduler" --version
     "$bin/kubectl" version --client 2>/dev/null | head -1
     "$bin/etcd" --version | head -1
-    echo "kwok $("$bin/kwok" --version 2>/dev/null | head -1 || echo "$kwok_version")"
+    "$bin/kwok" --version 2>/dev/null | head -1
   } >&2
 fi
 

@@ -11,15 +11,13 @@ use crate::Error;
 pub const BIN_DIR_ENV: &str = "PHALANX_ENVTEST_BIN";
 
 /// Every binary the environment may start.
-pub const BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"];
+pub const BINARIES: &[&str] =
+    &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"];
 
 /// The directory holding the binaries, checked to contain every one of them.
 pub fn bin_dir() -> Result<PathBuf, Error> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR
-        .get_or_init(|| locate().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(Error::Binaries)?;
+    let dir = DIR.get_or_init(|| locate().map_err(|e| e.to_string())).clone().map_err(Error::Binaries)?;
     for name in BINARIES {
         if !dir.join(name).is_file() {
             return Err(Error::Binaries(format!(

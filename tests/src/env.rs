@@ -83,6 +83,9 @@ impl Options {
 /// Annotation that makes kwok manage a Node (see [`TestEnv::start`]).
 pub const KWOK_NODE_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 
+/// kwok's lifecycle stages (nodes turn Ready, pods turn Running, deleted pods vanish).
+pub const KWOK_STAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/envtest/kwok-stages.yaml");
+
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A running control plane. Dropping it stops every component and removes its
@@ -198,6 +201,11 @@ impl TestEnv {
         Ok(binaries::bin_dir()?.join(name))
     }
 
+    /// The running components and their process ids.
+    pub fn component_pids(&self) -> Vec<(String, u32)> {
+        self.components.iter().filter_map(|c| Some((c.name().to_owned(), c.pid()?))).collect()
+    }
+
     /// Fails with the log tail of any component that has exited.
     pub fn check_running(&mut self) -> Result<(), Error> {
         self.components.iter_mut().try_for_each(Component::check_running)
@@ -206,10 +214,18 @@ impl TestEnv {
     /// Requests a token for service account `namespace/name` (creating the namespace
     /// and the account when missing) with the given spec, e.g. audiences or a bound
     /// object. Returns the signed token.
-    pub async fn service_account_token(&self, namespace: &str, name: &str, spec: TokenRequestSpec) -> Result<String, Error> {
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: TokenRequestSpec,
+    ) -> Result<String, Error> {
         ensure_namespace(&self.admin, namespace).await?;
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), namespace);
-        let account = ServiceAccount { metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() }, ..Default::default() };
+        let account = ServiceAccount {
+            metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
+            ..Default::default()
+        };
         match accounts.create(&PostParams::default(), &account).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {}
@@ -217,10 +233,7 @@ impl TestEnv {
         }
         let request = TokenRequest { spec: Some(spec), ..Default::default() };
         let issued: TokenRequest = accounts.create_subresource("token", name, &PostParams::default(), &request).await?;
-        issued
-            .status
-            .and_then(|s| s.token)
-            .ok_or_else(|| Error::Kubeconfig("token request returned no token".into()))
+        issued.status.and_then(|s| s.token).ok_or_else(|| Error::Kubeconfig("token request returned no token".into()))
     }
 
     /// A client authenticated as service account `namespace/name` (created when
@@ -272,7 +285,11 @@ impl TestEnv {
             };
             self.component_mut("kube-apiserver").check_running()?;
             if start.elapsed() > READY_TIMEOUT {
-                return Err(Error::NotReady { component: "kube-apiserver".into(), seconds: READY_TIMEOUT.as_secs(), detail: last });
+                return Err(Error::NotReady {
+                    component: "kube-apiserver".into(),
+                    seconds: READY_TIMEOUT.as_secs(),
+                    detail: last,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -328,9 +345,9 @@ impl TestEnv {
     fn kwok_args(&self, port: u16) -> Vec<String> {
         vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
+            format!("--config={}", KWOK_STAGES),
             "--manage-all-nodes=false".into(),
             format!("--manage-nodes-with-annotation-selector={}={}", KWOK_NODE_ANNOTATION.0, KWOK_NODE_ANNOTATION.1),
-            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom".into(),
             "--node-lease-duration-seconds=40".into(),
             "--cidr=10.0.0.0/16".into(),
             "--node-ip=10.0.0.1".into(),
@@ -374,11 +391,10 @@ impl Drop for TestEnv {
                 );
             }
         }
-        if keep || failed {
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("testenv: kept {}", kept.display());
-            }
+        if (keep || failed)
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("testenv: kept {}", dir.keep().display());
         }
     }
 }
@@ -424,7 +440,8 @@ fn placeholder_client() -> Result<Client, Error> {
 
 async fn ensure_namespace(client: &Client, name: &str) -> Result<(), Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace { metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() }, ..Default::default() };
+    let ns =
+        Namespace { metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() }, ..Default::default() };
     match namespaces.create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
@@ -434,7 +451,8 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<(), Error> {
 
 /// A port that was free a moment ago.
 fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io { path: "127.0.0.1:0".into(), source })?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io { path: "127.0.0.1:0".into(), source })?;
     listener.local_addr().map(|a| a.port()).map_err(|source| Error::Io { path: "127.0.0.1:0".into(), source })
 }
 

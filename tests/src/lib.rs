@@ -16,7 +16,7 @@ pub mod wait;
 
 use std::path::PathBuf;
 
-pub use env::{FeatureSet, Options, TestEnv};
+pub use env::{FeatureSet, KWOK_NODE_ANNOTATION, KWOK_STAGES, Options, TestEnv};
 
 /// Why the environment could not be started or used.
 #[derive(Debug, thiserror::Error)]

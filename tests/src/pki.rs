@@ -33,15 +33,19 @@ impl Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
         ca_params.distinguished_name.push(DnType::CommonName, "phalanx-testenv-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca_params.self_signed(&ca_key).map_err(pki_err)?;
         let ca_pem = ca_cert.pem();
         let issuer = Issuer::new(ca_params, ca_key);
 
         let serving_key = KeyPair::generate().map_err(pki_err)?;
-        let mut serving_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "kubernetes.default.svc".to_owned()])
-                .map_err(pki_err)?;
+        let mut serving_params = CertificateParams::new(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+        ])
+        .map_err(pki_err)?;
         serving_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         let serving_cert = serving_params.signed_by(&serving_key, &issuer).map_err(pki_err)?;
 

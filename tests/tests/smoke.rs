@@ -46,6 +46,47 @@ async fn kwok_node_turns_ready() {
 
     let node = wait::until(&nodes, "kwok-0", TIMEOUT, "Ready", node_ready).await;
     assert!(node_ready(Some(&node)));
+
+    // A pod bound to the fake node runs there.
+    let pods: Api<Pod> = Api::namespaced(env.client(), "default");
+    pods.create(
+        &PostParams::default(),
+        &from_json(json!({
+            "metadata": { "name": "bound" },
+            "spec": {
+                "nodeName": "kwok-0",
+                "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule" }],
+                "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }]
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let pod = wait::until(&pods, "bound", TIMEOUT, "Running", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    assert!(pod.status.unwrap().pod_ip.is_some(), "kwok gives the pod an IP");
+}
+
+#[test]
+fn components_are_stopped_when_a_test_panics() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let env = runtime.block_on(TestEnv::start_default()).expect("control plane starts");
+    let pids = env.component_pids();
+    assert_eq!(pids.len(), 4, "etcd, kube-apiserver, kube-controller-manager, kwok: {pids:?}");
+    let dir = env.dir().to_owned();
+
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _env = env;
+        panic!("a failing test");
+    }));
+    assert!(outcome.is_err());
+    for (name, pid) in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} (pid {pid}) still runs");
+    }
+    assert!(dir.join("logs/kube-apiserver.log").exists(), "a failed test keeps its logs");
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
@@ -139,7 +180,8 @@ async fn claim_template_yields_claim_named_in_pod_status() {
 
 #[tokio::test]
 async fn apiserver_rejects_invalid_resource_slice() {
-    let env = TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane starts");
+    let env =
+        TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane starts");
     let slices: Api<ResourceSlice> = Api::all(env.client());
     let slice = |attribute: &str| -> ResourceSlice {
         from_json(json!({
@@ -171,7 +213,8 @@ async fn apiserver_rejects_invalid_resource_slice() {
 
 #[tokio::test]
 async fn rbac_denies_unprivileged_service_account() {
-    let env = TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane starts");
+    let env =
+        TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane starts");
     let admin = env.client();
     let sa = env.service_account_client("team-a", "reader").await.expect("service-account client");
 
@@ -210,7 +253,10 @@ async fn rbac_denies_unprivileged_service_account() {
         )
         .await
         .unwrap();
-    let listed = wait::poll(TIMEOUT, "the RoleBinding to take effect", || async { as_sa.list(&ListParams::default()).await.ok() }).await;
+    let listed = wait::poll(TIMEOUT, "the RoleBinding to take effect", || async {
+        as_sa.list(&ListParams::default()).await.ok()
+    })
+    .await;
     assert!(listed.items.is_empty());
     match as_sa.create(&PostParams::default(), &cm).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),

@@ -51,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::copy(env.kubeconfig_path(), &path).with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{}", env.kubeconfig_path().display());
-            eprintln!("control plane up at {}; logs in {}; Ctrl-C stops it", env.apiserver_url(), env.dir().join("logs").display());
+            eprintln!(
+                "control plane up at {}; logs in {}; Ctrl-C stops it",
+                env.apiserver_url(),
+                env.dir().join("logs").display()
+            );
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let mut check = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
