@@ -1,0 +1,581 @@
+//! The commit protocol: turn a gang's plan into API state, all or nothing.
+//!
+//! Binding is irreversible; claim allocations are not. So, for one gang:
+//! 1. record the intent: `status.nominatedNodeName` on every member;
+//! 2. for every claim: add the `resource.kubernetes.io/delete-protection` finalizer,
+//!    then write `status.allocation` and append the member to `status.reservedFor`,
+//!    with optimistic concurrency (abort if someone else allocated the claim);
+//! 3. only when every claim of every member is written, bind every member.
+//!
+//! A failure before 3 rolls back what this attempt wrote. A scheduler that died half-way
+//! finds the intent on the pods and [`Committer::recover`] rolls the gang forward (every
+//! claim written: bind) or back (release the claims, clear the intent), from API state
+//! alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceClaimConsumerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+/// The finalizer that keeps an allocated claim from vanishing under a running pod.
+pub const DELETE_PROTECTION_FINALIZER: &str = "resource.kubernetes.io/delete-protection";
+
+const CONFLICT_RETRIES: usize = 5;
+
+/// Where one member goes and what its claims get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberPlan {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The pod's UID (the claims' `reservedFor` and the binding name it).
+    pub uid: String,
+    /// The node the pod is bound to.
+    pub node: String,
+    /// Every claim the pod uses, in the pod's order.
+    pub claims: Vec<ClaimPlan>,
+}
+
+/// What to write on one claim for one member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimPlan {
+    /// The claim's name (in the member's namespace).
+    pub name: String,
+    /// The claim's UID as the plan saw it; a different UID means the claim was replaced.
+    pub uid: String,
+    /// The allocation to write, or `None` when the claim is already allocated (a shared
+    /// claim) and only needs the member in `reservedFor`.
+    pub allocation: Option<AllocationResult>,
+}
+
+/// A gang's whole plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GangPlan {
+    /// Name of the gang, for logs and errors.
+    pub gang: String,
+    /// Every member.
+    pub members: Vec<MemberPlan>,
+}
+
+/// Why a commit failed. Everything written before the failure has been rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A claim was allocated by someone else after the plan was made.
+    #[error("claim {namespace}/{name} was allocated by someone else meanwhile")]
+    ClaimTaken {
+        /// The claim's namespace.
+        namespace: String,
+        /// The claim's name.
+        name: String,
+    },
+    /// A claim or pod the plan names is gone or was replaced (different UID).
+    #[error("{kind} {namespace}/{name} is gone or was replaced")]
+    Vanished {
+        /// `Pod` or `ResourceClaim`.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A pod was bound by someone else meanwhile.
+    #[error("pod {namespace}/{name} is already bound to {node}")]
+    AlreadyBound {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+        /// Where it is bound.
+        node: String,
+    },
+    /// A write kept conflicting with concurrent writers.
+    #[error("claim {namespace}/{name}: still conflicting after {CONFLICT_RETRIES} attempts")]
+    Contended {
+        /// The claim's namespace.
+        namespace: String,
+        /// The claim's name.
+        name: String,
+    },
+    /// The API server refused or failed a request.
+    #[error("{step}: {source}")]
+    Api {
+        /// The step that failed, e.g. `writing allocation of default/c1`.
+        step: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Some members were bound but binding another failed; the gang is rolled forward,
+    /// not back (a binding cannot be undone), and the rest is retried by recovery.
+    #[error("binding {namespace}/{name} failed after other members were bound: {source}")]
+    PartiallyBound {
+        /// The member that failed.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api_err(step: impl Into<String>) -> impl FnOnce(kube::Error) -> CommitError {
+    let step = step.into();
+    move |source| CommitError::Api { step, source }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// What one successful claim write did, so it can be undone exactly.
+#[derive(Debug, Clone)]
+struct Written {
+    namespace: String,
+    claim: String,
+    pod_uid: String,
+    allocated_by_us: bool,
+}
+
+/// Writes plans to the API server.
+#[derive(Clone)]
+pub struct Committer {
+    client: Client,
+    field_manager: String,
+}
+
+impl Committer {
+    /// A committer writing as `field_manager` (the scheduler's name).
+    pub fn new(client: Client, field_manager: impl Into<String>) -> Self {
+        Committer { client, field_manager: field_manager.into() }
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn claims(&self, namespace: &str) -> Api<ResourceClaim> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Commits `plan` all or nothing: intent, claims, then bindings. On an error before
+    /// binding, everything this call wrote is rolled back before it returns.
+    pub async fn commit(&self, plan: &GangPlan) -> Result<(), CommitError> {
+        self.reserve(plan).await?;
+        self.bind_all(plan).await
+    }
+
+    /// Steps 1 and 2 (kube-scheduler's Reserve and PreBind for the whole gang): intent on
+    /// every member, then every claim written. Rolled back before returning an error.
+    pub async fn reserve(&self, plan: &GangPlan) -> Result<(), CommitError> {
+        let mut written = Vec::new();
+        let mut nominated = Vec::new();
+        let prepared = self.prepare(plan, &mut nominated, &mut written).await;
+        if let Err(e) = prepared {
+            warn!(gang = %plan.gang, error = %e, "commit failed before binding; rolling back");
+            self.roll_back(&written, &nominated).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Steps 1 and 2: intent on every member, then every claim written.
+    async fn prepare(
+        &self,
+        plan: &GangPlan,
+        nominated: &mut Vec<(String, String)>,
+        written: &mut Vec<Written>,
+    ) -> Result<(), CommitError> {
+        for member in &plan.members {
+            self.write_intent(member).await?;
+            nominated.push((member.namespace.clone(), member.name.clone()));
+        }
+        for member in &plan.members {
+            for claim in &member.claims {
+                if let Some(w) = self.write_claim(member, claim).await? {
+                    written.push(w);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `status.nominatedNodeName` (checking the pod is the planned one and unbound).
+    async fn write_intent(&self, member: &MemberPlan) -> Result<(), CommitError> {
+        let pods = self.pods(&member.namespace);
+        let pod = pods
+            .get_opt(&member.name)
+            .await
+            .map_err(api_err(format!("reading pod {}/{}", member.namespace, member.name)))?;
+        let pod = match pod {
+            Some(p) if p.uid().as_deref() == Some(member.uid.as_str()) => p,
+            _ => return Err(vanished("Pod", &member.namespace, &member.name)),
+        };
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            return Err(CommitError::AlreadyBound {
+                namespace: member.namespace.clone(),
+                name: member.name.clone(),
+                node,
+            });
+        }
+        let patch = json!({ "status": { "nominatedNodeName": member.node } });
+        pods.patch_status(&member.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_err(format!("recording intent on pod {}/{}", member.namespace, member.name)))?;
+        Ok(())
+    }
+
+    /// Finalizer, then allocation and reservation, on one claim. Returns what it wrote
+    /// (None when the member was already in `reservedFor`: an idempotent retry).
+    async fn write_claim(&self, member: &MemberPlan, plan: &ClaimPlan) -> Result<Option<Written>, CommitError> {
+        let ns = &member.namespace;
+        let claims = self.claims(ns);
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(mut claim) =
+                claims.get_opt(&plan.name).await.map_err(api_err(format!("reading claim {ns}/{}", plan.name)))?
+            else {
+                return Err(vanished("ResourceClaim", ns, &plan.name));
+            };
+            if claim.uid().as_deref() != Some(plan.uid.as_str()) || claim.metadata.deletion_timestamp.is_some() {
+                return Err(vanished("ResourceClaim", ns, &plan.name));
+            }
+            let status = claim.status.get_or_insert_with(Default::default);
+            let reserved = status.reserved_for.get_or_insert_with(Vec::new);
+            if reserved.iter().any(|r| r.uid == member.uid) {
+                return Ok(None);
+            }
+            let allocated_by_us = match (&status.allocation, &plan.allocation) {
+                (Some(_), Some(_)) => {
+                    return Err(CommitError::ClaimTaken { namespace: ns.clone(), name: plan.name.clone() });
+                }
+                (None, None) => return Err(vanished("ResourceClaim", ns, &plan.name)),
+                (Some(_), None) => false,
+                (None, Some(allocation)) => {
+                    status.allocation = Some(allocation.clone());
+                    true
+                }
+            };
+            reserved.push(ResourceClaimConsumerReference {
+                api_group: None,
+                resource: "pods".into(),
+                name: member.name.clone(),
+                uid: member.uid.clone(),
+            });
+
+            if allocated_by_us && !claim.finalizers().iter().any(|f| f == DELETE_PROTECTION_FINALIZER) {
+                // The finalizer goes first, in its own write: an allocation must never be
+                // visible on a claim that can be deleted under it.
+                let finalizers = claim.metadata.finalizers.get_or_insert_with(Vec::new);
+                finalizers.push(DELETE_PROTECTION_FINALIZER.into());
+                let status = claim.status.clone();
+                match claims.replace(&plan.name, &PostParams::default(), &claim).await {
+                    Ok(updated) => {
+                        claim = updated;
+                        claim.status = status;
+                    }
+                    Err(e) if is_conflict(&e) => continue,
+                    Err(e) => return Err(api_err(format!("adding finalizer to claim {ns}/{}", plan.name))(e)),
+                }
+            }
+            match claims.replace_status(&plan.name, &PostParams::default(), &claim).await {
+                Ok(_) => {
+                    debug!(claim = %plan.name, pod = %member.name, "claim written");
+                    return Ok(Some(Written {
+                        namespace: ns.clone(),
+                        claim: plan.name.clone(),
+                        pod_uid: member.uid.clone(),
+                        allocated_by_us,
+                    }));
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(api_err(format!("writing allocation of claim {ns}/{}", plan.name))(e)),
+            }
+        }
+        Err(CommitError::Contended { namespace: ns.clone(), name: plan.name.clone() })
+    }
+
+    /// Step 3: bind every member. Once one member is bound there is no way back: a later
+    /// failure is [`CommitError::PartiallyBound`] and recovery retries the rest.
+    pub async fn bind_all(&self, plan: &GangPlan) -> Result<(), CommitError> {
+        let mut bound_any = false;
+        for member in &plan.members {
+            match self.bind(member).await {
+                Ok(()) => bound_any = true,
+                Err(source) if bound_any => {
+                    return Err(CommitError::PartiallyBound {
+                        namespace: member.namespace.clone(),
+                        name: member.name.clone(),
+                        source,
+                    });
+                }
+                Err(source) => {
+                    // Nothing bound yet: still all or nothing.
+                    let written = self.written_for(plan).await;
+                    let nominated: Vec<_> =
+                        plan.members.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
+                    self.roll_back(&written, &nominated).await;
+                    return Err(api_err(format!("binding pod {}/{}", member.namespace, member.name))(source));
+                }
+            }
+        }
+        info!(gang = %plan.gang, members = plan.members.len(), "gang bound");
+        Ok(())
+    }
+
+    async fn bind(&self, member: &MemberPlan) -> Result<(), kube::Error> {
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(member.name.clone()),
+                namespace: Some(member.namespace.clone()),
+                uid: Some(member.uid.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(member.node.clone()),
+                ..Default::default()
+            },
+        };
+        let pp = PostParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
+        match self
+            .pods(&member.namespace)
+            .create_subresource::<_, serde_json::Value>("binding", &member.name, &pp, &binding)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A retried bind to the same node (after a crash or a lost response) is fine.
+            Err(e) if is_conflict(&e) && self.is_bound_to(member).await => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn is_bound_to(&self, member: &MemberPlan) -> bool {
+        let pod = self.pods(&member.namespace).get_opt(&member.name).await.ok().flatten();
+        pod.and_then(|p| p.spec).and_then(|s| s.node_name).as_deref() == Some(member.node.as_str())
+    }
+
+    /// The claim writes of `plan` that are visible in the API (for a rollback after a
+    /// failed first bind, when this process no longer knows which writes were its own).
+    async fn written_for(&self, plan: &GangPlan) -> Vec<Written> {
+        let mut out = Vec::new();
+        for member in &plan.members {
+            for claim in &member.claims {
+                out.push(Written {
+                    namespace: member.namespace.clone(),
+                    claim: claim.name.clone(),
+                    pod_uid: member.uid.clone(),
+                    allocated_by_us: claim.allocation.is_some(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Undoes claim writes (newest first) and clears the intent. Best effort: a failure
+    /// is logged, and recovery on the next start finishes the job from API state.
+    async fn roll_back(&self, written: &[Written], nominated: &[(String, String)]) {
+        for w in written.iter().rev() {
+            if let Err(e) = self.release_claim(&w.namespace, &w.claim, &w.pod_uid, w.allocated_by_us).await {
+                warn!(claim = %w.claim, error = %e, "rollback of claim failed; recovery will retry");
+            }
+        }
+        for (ns, name) in nominated {
+            let patch = json!({ "status": { "nominatedNodeName": null } });
+            if let Err(e) = self.pods(ns).patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+                && !is_not_found(&e)
+            {
+                warn!(pod = %name, error = %e, "clearing intent failed; recovery will retry");
+            }
+        }
+    }
+
+    /// Removes `pod_uid` from the claim's `reservedFor`; when nobody else holds the claim
+    /// and `deallocate` is set, clears the allocation and drops our finalizer.
+    async fn release_claim(&self, ns: &str, name: &str, pod_uid: &str, deallocate: bool) -> Result<(), CommitError> {
+        let claims = self.claims(ns);
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(mut claim) = claims.get_opt(name).await.map_err(api_err(format!("reading claim {ns}/{name}")))?
+            else {
+                return Ok(());
+            };
+            let status = claim.status.get_or_insert_with(Default::default);
+            let reserved = status.reserved_for.get_or_insert_with(Vec::new);
+            let before = reserved.len();
+            reserved.retain(|r| r.uid != pod_uid);
+            let nobody_left = reserved.is_empty();
+            let clear = deallocate && nobody_left && status.allocation.is_some();
+            if before != reserved.len() || clear {
+                if clear {
+                    status.allocation = None;
+                }
+                if nobody_left {
+                    status.reserved_for = None;
+                }
+                match claims.replace_status(name, &PostParams::default(), &claim).await {
+                    Ok(updated) => claim = updated,
+                    Err(e) if is_conflict(&e) => continue,
+                    Err(e) => return Err(api_err(format!("releasing claim {ns}/{name}"))(e)),
+                }
+            }
+            if claim.status.as_ref().is_none_or(|s| s.allocation.is_none())
+                && claim.finalizers().iter().any(|f| f == DELETE_PROTECTION_FINALIZER)
+            {
+                claim.metadata.finalizers.get_or_insert_with(Vec::new).retain(|f| f != DELETE_PROTECTION_FINALIZER);
+                match claims.replace(name, &PostParams::default(), &claim).await {
+                    Ok(_) => {}
+                    Err(e) if is_conflict(&e) => continue,
+                    Err(e) => return Err(api_err(format!("removing finalizer from claim {ns}/{name}"))(e)),
+                }
+            }
+            return Ok(());
+        }
+        Err(CommitError::Contended { namespace: ns.into(), name: name.into() })
+    }
+
+    /// Finishes commits a previous scheduler left half-done. `pending` are this
+    /// scheduler's unbound pods that carry an intent (`status.nominatedNodeName`),
+    /// grouped by gang, each group with the number of members the gang needs. A gang
+    /// whose every needed member has all its claims allocated and reserved for it is
+    /// bound (rolled forward); any other gang is released (rolled back).
+    pub async fn recover(&self, gangs: &[RecoveringGang]) -> Vec<Recovery> {
+        let mut out = Vec::new();
+        for gang in gangs {
+            let outcome = self.recover_gang(gang).await;
+            match &outcome {
+                Ok(RecoveryAction::RolledForward) => info!(gang = %gang.gang, "half-done commit rolled forward"),
+                Ok(RecoveryAction::RolledBack) => info!(gang = %gang.gang, "half-done commit rolled back"),
+                Err(e) => warn!(gang = %gang.gang, error = %e, "recovery failed"),
+            }
+            out.push(Recovery { gang: gang.gang.clone(), outcome });
+        }
+        out
+    }
+
+    async fn recover_gang(&self, gang: &RecoveringGang) -> Result<RecoveryAction, CommitError> {
+        let mut complete = gang.members.len() >= gang.needed;
+        let mut plan = GangPlan { gang: gang.gang.clone(), members: Vec::new() };
+        let mut written = Vec::new();
+        for pod in &gang.members {
+            let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            let uid = pod.uid().unwrap_or_default();
+            let node = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).unwrap_or_default();
+            let mut member = MemberPlan { namespace: ns.clone(), name, uid: uid.clone(), node, claims: Vec::new() };
+            for claim_name in pod_claim_names(pod) {
+                let claim = match claim_name {
+                    Some(c) => {
+                        self.claims(&ns).get_opt(&c).await.map_err(api_err(format!("reading claim {ns}/{c}")))?
+                    }
+                    None => None,
+                };
+                let Some(claim) = claim else {
+                    complete = false;
+                    continue;
+                };
+                let reserved = claim
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.reserved_for.as_ref())
+                    .is_some_and(|r| r.iter().any(|c| c.uid == uid));
+                let allocated = claim.status.as_ref().and_then(|s| s.allocation.as_ref()).is_some();
+                if reserved {
+                    written.push(Written {
+                        namespace: ns.clone(),
+                        claim: claim.name_any(),
+                        pod_uid: uid.clone(),
+                        allocated_by_us: true,
+                    });
+                }
+                if !(reserved && allocated) {
+                    complete = false;
+                }
+                member.claims.push(ClaimPlan {
+                    name: claim.name_any(),
+                    uid: claim.uid().unwrap_or_default(),
+                    allocation: None,
+                });
+            }
+            if member.node.is_empty() {
+                complete = false;
+            }
+            plan.members.push(member);
+        }
+        if complete {
+            self.bind_all(&plan).await?;
+            Ok(RecoveryAction::RolledForward)
+        } else {
+            let nominated: Vec<_> = plan.members.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
+            self.roll_back(&written, &nominated).await;
+            Ok(RecoveryAction::RolledBack)
+        }
+    }
+}
+
+/// A gang found half-committed at startup.
+#[derive(Debug, Clone)]
+pub struct RecoveringGang {
+    /// The gang's name.
+    pub gang: String,
+    /// How many members must be placed for the gang to run.
+    pub needed: usize,
+    /// The gang's unbound pods that carry an intent.
+    pub members: Vec<Pod>,
+}
+
+/// What recovery did to one gang.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The gang.
+    pub gang: String,
+    /// Forward, back, or why neither worked.
+    pub outcome: Result<RecoveryAction, CommitError>,
+}
+
+/// The direction a half-done commit was finished in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// Every claim was written: the members were bound.
+    RolledForward,
+    /// Something was missing: claims released, intent cleared.
+    RolledBack,
+}
+
+/// The claim names a pod uses, in `spec.resourceClaims` order: direct names, or the
+/// names kube-controller-manager generated from templates (from
+/// `status.resourceClaimStatuses`; `None` while not generated yet).
+pub fn pod_claim_names(pod: &Pod) -> Vec<Option<String>> {
+    let generated: BTreeMap<&str, Option<&str>> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_claim_statuses.as_ref())
+        .map(|ss| ss.iter().map(|s| (s.name.as_str(), s.resource_claim_name.as_deref())).collect())
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.resource_claims.as_ref())
+        .map(|rcs| {
+            rcs.iter()
+                .filter(|rc| seen.insert(rc.name.clone()))
+                .map(|rc| match &rc.resource_claim_name {
+                    Some(direct) => Some(direct.clone()),
+                    None => generated.get(rc.name.as_str()).copied().flatten().map(str::to_owned),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn vanished(kind: &'static str, namespace: &str, name: &str) -> CommitError {
+    CommitError::Vanished { kind, namespace: namespace.to_owned(), name: name.to_owned() }
+}

@@ -1,0 +1,6 @@
+//! `phalanx-scheduler`: the parts of the running scheduler that talk to the API server
+//! (the commit protocol, leader election). The decisions themselves live in
+//! `phalanx-scheduler-core`.
+
+pub mod commit;
+pub mod leader;
