@@ -1,0 +1,88 @@
+//! Helpers shared by the driver's integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
+use kube::api::{Api, ListParams, PostParams};
+use phalanx_dra_driver::attributes::{self, GPU_DRIVER, NIC_DRIVER};
+use phalanx_dra_driver::discovery::profile::{Profile, ProfileDiscovery};
+use phalanx_dra_driver::discovery::{Discovery, NodeContext, NodeInventory};
+use phalanx_dra_driver::publisher::{NodeRef, Publisher};
+use serde_json::json;
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object matches the API type")
+}
+
+/// Creates a kwok-managed Node (the apiserver adds a not-ready taint that no node
+/// lifecycle controller removes here: pods tolerate everything) with `labels` and returns its reference.
+pub async fn create_node(client: &kube::Client, name: &str, labels: serde_json::Value) -> NodeRef {
+    let mut all_labels = json!({ "kubernetes.io/hostname": name, "type": "kwok" });
+    all_labels.as_object_mut().unwrap().extend(labels.as_object().cloned().unwrap_or_default());
+    let node: Node = from_json(json!({
+        "metadata": { "name": name, "annotations": { "kwok.x-k8s.io/node": "fake" }, "labels": all_labels },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" }
+        }
+    }));
+    let created = Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.expect("node created");
+    NodeRef { name: name.into(), uid: created.metadata.uid.expect("uid") }
+}
+
+/// Applies every document of `deploy/<file>` with the admin client (create only).
+pub async fn apply_deploy_file(client: &kube::Client, file: &str) {
+    let path = format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("deploy file readable");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).expect("yaml")).expect("json");
+        if value.is_null() {
+            continue;
+        }
+        let obj: kube::api::DynamicObject = serde_json::from_value(value.clone()).expect("object");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let (group, version) = types.api_version.rsplit_once('/').unwrap_or(("", &types.api_version));
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.expect("kind served");
+        let api: Api<kube::api::DynamicObject> = match (caps.scope, obj.metadata.namespace.as_deref()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+            (kube::discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("applying {} {:?} from {path}: {e}", types.kind, obj.metadata.name),
+        }
+    }
+}
+
+use serde::Deserialize;
+
+pub async fn device_classes(client: &kube::Client) {
+    apply_deploy_file(client, "deviceclasses.yaml").await;
+    let classes: Api<DeviceClass> = Api::all(client.clone());
+    assert!(classes.get_opt("gpu.phalanx.dev").await.unwrap().is_some());
+}
+
+pub fn inventory(profile: &str, node: &NodeContext) -> NodeInventory {
+    ProfileDiscovery::new(Profile::load(profile).expect("profile")).discover(node).expect("discover")
+}
+
+/// Sets the GPU and NIC pools of `node` from `profile` on `publisher`.
+pub fn set_profile_pools(publisher: &Publisher, profile: &str, node: &NodeRef, ctx: &NodeContext) -> NodeInventory {
+    let inv = inventory(profile, ctx);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    publisher.set_pool(GPU_DRIVER, node.clone(), attributes::gpu_devices(&inv, &Default::default(), &now));
+    publisher.set_pool(NIC_DRIVER, node.clone(), attributes::nic_devices(&inv));
+    inv
+}
+
+pub async fn slices_of(client: &kube::Client, driver: &str, node: &str) -> Vec<ResourceSlice> {
+    let params = ListParams::default().fields(&format!("spec.driver={driver},spec.nodeName={node}"));
+    Api::<ResourceSlice>::all(client.clone()).list(&params).await.expect("list slices").items
+}

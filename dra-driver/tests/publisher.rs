@@ -1,0 +1,255 @@
+//! The publisher against a real apiserver: slices of every profile are accepted, the
+//! upstream kube-scheduler allocates from them, CEL selectors on our attributes pick
+//! exactly the expected devices, drift is repaired, and slices go away when asked.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+use kube::api::{Api, DeleteParams, PostParams};
+use phalanx_dra_driver::attributes::{GPU_DRIVER, NIC_DRIVER};
+use phalanx_dra_driver::discovery::NodeContext;
+use phalanx_dra_driver::discovery::profile::BUILTIN;
+use phalanx_dra_driver::publisher::{Outcome, Publisher};
+use phalanx_testenv::{Options, TestEnv, wait};
+use serde_json::json;
+
+#[tokio::test]
+async fn every_profile_is_accepted_and_republishing_is_a_no_op() {
+    let env = TestEnv::start(Options::default().controller_manager(false)).await.expect("control plane");
+    let client = env.client();
+    let publisher = Publisher::new(client.clone());
+    for (i, (profile, _)) in BUILTIN.iter().enumerate() {
+        let node = create_node(&client, &format!("node-{profile}"), json!({})).await;
+        let ctx = NodeContext { name: node.name.clone(), index: i, labels: Default::default() };
+        let inv = set_profile_pools(&publisher, profile, &node, &ctx);
+        let gpu_key = (GPU_DRIVER.to_owned(), node.name.clone());
+        assert_eq!(publisher.reconcile(&gpu_key).await.expect("accepted by the apiserver"), Outcome::Written(1));
+        let nic_key = (NIC_DRIVER.to_owned(), node.name.clone());
+        assert_eq!(publisher.reconcile(&nic_key).await.expect("NIC slice accepted"), Outcome::Written(1));
+
+        let slices = slices_of(&client, GPU_DRIVER, &node.name).await;
+        assert_eq!(slices.len(), 1);
+        let s = &slices[0];
+        assert_eq!(s.spec.pool.name, node.name);
+        assert_eq!(s.spec.pool.resource_slice_count, 1);
+        assert_eq!(s.spec.devices.as_ref().unwrap().len(), inv.gpus.len());
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Node", node.uid.as_str()));
+        assert_eq!(
+            slices_of(&client, NIC_DRIVER, &node.name).await[0].spec.devices.as_ref().unwrap().len(),
+            inv.nics.len()
+        );
+
+        // What the apiserver stored reads back equal: a second pass changes nothing.
+        assert_eq!(publisher.reconcile(&gpu_key).await.unwrap(), Outcome::Unchanged, "{profile}");
+        assert_eq!(publisher.reconcile(&nic_key).await.unwrap(), Outcome::Unchanged, "{profile}");
+    }
+}
+
+fn claim(name: &str, spec: serde_json::Value) -> ResourceClaim {
+    from_json(json!({ "metadata": { "name": name }, "spec": { "devices": spec } }))
+}
+
+fn pod(name: &str, claim: &str) -> Pod {
+    from_json(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "tolerations": [{ "operator": "Exists" }],
+            "resourceClaims": [{ "name": "devices", "resourceClaimName": claim }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10", "resources": { "claims": [{ "name": "devices" }] } }]
+        }
+    }))
+}
+
+/// Allocation results of `claim` as `(request, pool, device)`, once kube-scheduler allocated it.
+async fn allocated(claims: &Api<ResourceClaim>, pods: &Api<Pod>, name: &str) -> Vec<(String, String, String)> {
+    let is_allocated =
+        |c: Option<&ResourceClaim>| c.and_then(|c| c.status.as_ref()).is_some_and(|s| s.allocation.is_some());
+    let watch = kube::runtime::wait::await_condition(claims.clone(), name, is_allocated);
+    let claim = match tokio::time::timeout(TIMEOUT, watch).await {
+        Ok(Ok(Some(claim))) => claim,
+        other => {
+            let pod = pods.get(name).await.ok().and_then(|p| p.status);
+            let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(pods.clone().into_client())
+                .list(&Default::default())
+                .await;
+            let taints: Vec<_> = nodes
+                .into_iter()
+                .flat_map(|l| l.items)
+                .map(|n| (n.metadata.name, n.spec.and_then(|s| s.taints)))
+                .collect();
+            panic!("{name}: not allocated by kube-scheduler ({other:?}); pod status: {pod:#?}; node taints: {taints:?}")
+        }
+    };
+    let results = claim.status.unwrap().allocation.unwrap().devices.unwrap().results.unwrap_or_default();
+    results.into_iter().map(|r| (r.request, r.pool, r.device)).collect()
+}
+
+fn device_set(results: &[(String, String, String)]) -> BTreeSet<(String, String)> {
+    results.iter().map(|(_, p, d)| (p.clone(), d.clone())).collect()
+}
+
+fn set(pairs: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    pairs.iter().map(|(p, d)| (p.to_string(), d.to_string())).collect()
+}
+
+#[tokio::test]
+async fn upstream_kube_scheduler_allocates_from_our_slices_and_cel_selects_on_our_attributes() {
+    let env = TestEnv::start(Options::default().kube_scheduler(true)).await.expect("control plane with kube-scheduler");
+    let client = env.client();
+    device_classes(&client).await;
+    let publisher = Publisher::new(client.clone());
+    let mut inventories = std::collections::BTreeMap::new();
+    for (i, profile) in ["hgx-h100-8", "gb200-nvl72", "l40s-pcie-8", "mixed-small"].iter().enumerate() {
+        let node = create_node(&client, &format!("n-{profile}"), json!({})).await;
+        let ctx = NodeContext { name: node.name.clone(), index: i, labels: Default::default() };
+        inventories.insert(*profile, set_profile_pools(&publisher, profile, &node, &ctx));
+    }
+    assert_eq!(publisher.sync_all().await.expect("published"), 8);
+
+    let gb200_domain = inventories["gb200-nvl72"].gpus[0].nvlink_domain.clone().unwrap();
+    let all = |selector: &str| {
+        json!({ "requests": [{ "name": "gpus", "exactly": {
+            "deviceClassName": "gpu.phalanx.dev", "allocationMode": "All",
+            "selectors": [{ "cel": { "expression": selector } }]
+        } }] })
+    };
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cases = [
+        (
+            "by-pcie-root",
+            all("device.attributes['resource.kubernetes.io'].pcieRoot == 'pci0000:17'"),
+            set(&[("n-hgx-h100-8", "gpu-0")]),
+        ),
+        (
+            "by-nvlink-domain",
+            all(&format!("device.attributes['gpu.phalanx.dev'].?nvlinkDomain.orValue('') == '{gb200_domain}'")),
+            set(&[
+                ("n-gb200-nvl72", "gpu-0"),
+                ("n-gb200-nvl72", "gpu-1"),
+                ("n-gb200-nvl72", "gpu-2"),
+                ("n-gb200-nvl72", "gpu-3"),
+            ]),
+        ),
+        (
+            "by-product",
+            all("device.attributes['gpu.phalanx.dev'].productName == 'NVIDIA H100 NVL'"),
+            set(&[("n-mixed-small", "gpu-0"), ("n-mixed-small", "gpu-1")]),
+        ),
+        (
+            "l40s-numa1-memory",
+            all("device.attributes['gpu.phalanx.dev'].productName == 'NVIDIA L40S' && \
+                 device.attributes['resource.kubernetes.io'].numaNode == 1 && \
+                 device.attributes['gpu.phalanx.dev'].cudaComputeCapability.isGreaterThan(semver('8.0.0')) && \
+                 device.capacity['gpu.phalanx.dev'].memory.compareTo(quantity('40Gi')) > 0"),
+            // The mixed node's L40S are on NUMA 1 too: kube-scheduler picks one node, either.
+            BTreeSet::new(),
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        claims.create(&PostParams::default(), &claim(name, spec.clone())).await.expect("claim accepted");
+        pods.create(&PostParams::default(), &pod(name, name)).await.expect("pod accepted");
+    }
+    for (name, _, expected) in &cases {
+        let got = device_set(&allocated(&claims, &pods, name).await);
+        if expected.is_empty() {
+            let l40s = set(&[
+                ("n-l40s-pcie-8", "gpu-4"),
+                ("n-l40s-pcie-8", "gpu-5"),
+                ("n-l40s-pcie-8", "gpu-6"),
+                ("n-l40s-pcie-8", "gpu-7"),
+            ]);
+            let mixed = set(&[("n-mixed-small", "gpu-2"), ("n-mixed-small", "gpu-3")]);
+            assert!(got == l40s || got == mixed, "{name}: {got:?}");
+        } else {
+            assert_eq!(&got, expected, "{name}");
+        }
+        let pod = wait::until(&pods, name, TIMEOUT, "bound", |p: Option<&Pod>| {
+            p.and_then(|p| p.spec.as_ref()).is_some_and(|s| s.node_name.is_some())
+        })
+        .await;
+        let node = pod.spec.unwrap().node_name.unwrap();
+        assert!(got.iter().all(|(pool, _)| *pool == node), "{name}: pool is the node the pod landed on");
+    }
+
+    // GPU + NIC on one PCIe root, across two drivers, by the standard attribute.
+    let aligned = json!({
+        "requests": [
+            { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "selectors": [{ "cel": { "expression":
+                "device.attributes['gpu.phalanx.dev'].productName == 'NVIDIA H100 80GB HBM3' && device.attributes['resource.kubernetes.io'].numaNode == 1" } }] } },
+            { "name": "nic", "exactly": { "deviceClassName": "nic.phalanx.dev", "selectors": [{ "cel": { "expression":
+                "device.attributes['nic.phalanx.dev'].role == 'compute'" } }] } }
+        ],
+        "constraints": [{ "requests": ["gpu", "nic"], "matchAttribute": "resource.kubernetes.io/pcieRoot" }]
+    });
+    claims.create(&PostParams::default(), &claim("gpu-nic", aligned)).await.expect("claim accepted");
+    pods.create(&PostParams::default(), &pod("gpu-nic", "gpu-nic")).await.expect("pod accepted");
+    let results = allocated(&claims, &pods, "gpu-nic").await;
+    let hgx = &inventories["hgx-h100-8"];
+    let gpu = results.iter().find(|r| r.0 == "gpu").expect("gpu result");
+    let nic = results.iter().find(|r| r.0 == "nic").expect("nic result");
+    let gpu_root = hgx.gpus.iter().find(|g| g.device_name() == gpu.2).unwrap().pcie_root.clone();
+    let nic_root = hgx.nics.iter().find(|n| n.device_name() == nic.2).unwrap().pcie_root.clone();
+    assert_eq!(gpu_root, nic_root, "{results:?}");
+    assert_eq!(hgx.gpus.iter().find(|g| g.device_name() == gpu.2).unwrap().numa_node, Some(1));
+}
+
+#[tokio::test]
+async fn publisher_repairs_drift_follows_changes_and_cleans_up() {
+    let env = TestEnv::start(Options::default().kube_scheduler(false)).await.expect("control plane");
+    let client = env.client();
+    let publisher = Publisher::new(client.clone());
+    let node = create_node(&client, "drift", json!({})).await;
+    set_profile_pools(&publisher, "hgx-h100-8", &node, &NodeContext::named("drift"));
+    let runner = publisher.clone();
+    let task = tokio::spawn(async move { runner.run(&[GPU_DRIVER, NIC_DRIVER]).await });
+
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    let name = "drift-gpu-phalanx-dev-0";
+    let generation_at_least = |g: i64, devices: usize| {
+        move |s: Option<&ResourceSlice>| {
+            s.is_some_and(|s| {
+                s.spec.pool.generation >= g && s.spec.devices.as_ref().is_some_and(|d| d.len() == devices)
+            })
+        }
+    };
+    wait::until(&slices, name, TIMEOUT, "published", generation_at_least(1, 8)).await;
+
+    // Someone deletes the slice: it comes back at a newer generation.
+    slices.delete(name, &DeleteParams::default()).await.expect("deleted");
+    wait::until(&slices, name, TIMEOUT, "re-created", generation_at_least(2, 8)).await;
+
+    // Someone edits it (drops a device): the device comes back.
+    let mut edited = slices.get(name).await.unwrap();
+    edited.spec.devices.as_mut().unwrap().pop();
+    slices.replace(name, &PostParams::default(), &edited).await.expect("edited");
+    wait::until(&slices, name, TIMEOUT, "repaired", generation_at_least(3, 8)).await;
+
+    // The inventory changes (a GPU taint): the pool is rewritten once.
+    let inv = inventory("hgx-h100-8", &NodeContext::named("drift"));
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let unhealthy = [("gpu-2".to_owned(), "xid-79".to_owned())].into();
+    publisher.set_pool(GPU_DRIVER, node.clone(), phalanx_dra_driver::attributes::gpu_devices(&inv, &unhealthy, &now));
+    let tainted = wait::until(&slices, name, TIMEOUT, "tainted", |s: Option<&ResourceSlice>| {
+        s.and_then(|s| s.spec.devices.as_ref()).is_some_and(|d| d[2].taints.is_some())
+    })
+    .await;
+    let generation = tainted.spec.pool.generation;
+    assert!(generation >= 4);
+
+    // Stable: nothing rewrites the pool while nothing changes (checked through a fresh reconcile).
+    let key = (GPU_DRIVER.to_owned(), "drift".to_owned());
+    assert_eq!(publisher.reconcile(&key).await.unwrap(), Outcome::Unchanged);
+
+    task.abort();
+    publisher.remove_all().await.expect("removed");
+    assert!(slices_of(&client, GPU_DRIVER, "drift").await.is_empty());
+    assert!(slices_of(&client, NIC_DRIVER, "drift").await.is_empty());
+    let _ = Duration::ZERO;
+}
