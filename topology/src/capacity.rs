@@ -26,11 +26,7 @@ pub struct FreeCapacity {
 impl FreeCapacity {
     /// Counts every device of `topo` as free unless `is_allocated` says otherwise.
     pub fn new(topo: &ClusterTopology, is_allocated: impl Fn(&DeviceKey) -> bool) -> Self {
-        let mut drivers: Vec<String> = topo
-            .devices()
-            .iter()
-            .map(|d| d.info.key.driver.clone())
-            .collect();
+        let mut drivers: Vec<String> = topo.devices().iter().map(|d| d.info.key.driver.clone()).collect();
         drivers.sort_unstable();
         drivers.dedup();
         let nd = drivers.len();
@@ -59,13 +55,10 @@ impl FreeCapacity {
             }
             if let Some(island) = &d.island {
                 let isl = &mut me.islands[d.node];
-                let pos = isl
-                    .iter()
-                    .position(|(n, _)| n == island)
-                    .unwrap_or_else(|| {
-                        isl.push((island.clone(), 0));
-                        isl.len() - 1
-                    });
+                let pos = isl.iter().position(|(n, _)| n == island).unwrap_or_else(|| {
+                    isl.push((island.clone(), 0));
+                    isl.len() - 1
+                });
                 me.device_island[i] = Some(pos);
             }
         }
@@ -157,19 +150,11 @@ impl FreeCapacity {
 
     /// The most free devices in any one NVLink island of the node (0 without islands).
     pub fn max_island_free(&self, node: NodeIdx) -> u32 {
-        self.islands[node]
-            .iter()
-            .map(|(_, c)| *c)
-            .max()
-            .unwrap_or(0)
+        self.islands[node].iter().map(|(_, c)| *c).max().unwrap_or(0)
     }
 
     /// Nodes with at least `min` free devices of `driver`, fullest (fewest free) first.
-    pub fn nodes_with_free(
-        &self,
-        driver: usize,
-        min: u32,
-    ) -> impl Iterator<Item = (u32, NodeIdx)> + '_ {
+    pub fn nodes_with_free(&self, driver: usize, min: u32) -> impl Iterator<Item = (u32, NodeIdx)> + '_ {
         self.by_free[driver].range((min, 0)..).copied()
     }
 }

@@ -48,10 +48,7 @@ pub struct LevelSpec {
 impl LevelSpec {
     /// A level read from a node label.
     pub fn node_label(name: &str, label: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            source: LevelSource::NodeLabel(label.to_string()),
-        }
+        Self { name: name.to_string(), source: LevelSource::NodeLabel(label.to_string()) }
     }
 
     /// A device-scope level read from a device attribute.
@@ -70,9 +67,7 @@ impl LevelSpec {
     pub fn scope(&self) -> LevelScope {
         match &self.source {
             LevelSource::NodeLabel(_) => LevelScope::Nodes,
-            LevelSource::DeviceAttribute {
-                spans_nodes: true, ..
-            } => LevelScope::Nodes,
+            LevelSource::DeviceAttribute { spans_nodes: true, .. } => LevelScope::Nodes,
             LevelSource::DeviceAttribute { .. } => LevelScope::Devices,
         }
     }
@@ -90,10 +85,7 @@ impl LevelSpec {
             return true;
         }
         match &self.source {
-            LevelSource::DeviceAttribute {
-                fallback_node_label: Some(l),
-                ..
-            } => l == name_or_key,
+            LevelSource::DeviceAttribute { fallback_node_label: Some(l), .. } => l == name_or_key,
             _ => false,
         }
     }
@@ -165,10 +157,7 @@ impl TopologyConfig {
     /// Number of node-scope levels; levels `0..node_levels()` group nodes and level
     /// `node_levels() - 1` is the node itself.
     pub fn node_levels(&self) -> usize {
-        self.levels
-            .iter()
-            .take_while(|l| l.scope() == LevelScope::Nodes)
-            .count()
+        self.levels.iter().take_while(|l| l.scope() == LevelScope::Nodes).count()
     }
 
     /// Index of the node level.
@@ -178,25 +167,15 @@ impl TopologyConfig {
 
     /// Finds a level by its name (`rack`) or its key (`phalanx.dev/rack`).
     pub fn resolve(&self, name_or_key: &str) -> Result<usize, TopologyError> {
-        self.levels
-            .iter()
-            .position(|l| l.matches(name_or_key.trim()))
-            .ok_or_else(|| TopologyError::UnknownLevel {
-                name: name_or_key.to_string(),
-                known: self
-                    .levels
-                    .iter()
-                    .map(|l| l.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        self.levels.iter().position(|l| l.matches(name_or_key.trim())).ok_or_else(|| TopologyError::UnknownLevel {
+            name: name_or_key.to_string(),
+            known: self.levels.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Index of the first device-scope level with this attribute, if any.
     pub fn device_level_for(&self, attribute: &str) -> Option<usize> {
-        self.levels
-            .iter()
-            .position(|l| l.scope() == LevelScope::Devices && l.key() == attribute)
+        self.levels.iter().position(|l| l.scope() == LevelScope::Devices && l.key() == attribute)
     }
 }
 
@@ -215,38 +194,22 @@ mod tests {
         assert_eq!(c.resolve("kubernetes.io/hostname"), Ok(4));
         assert_eq!(c.resolve("pcie"), Ok(6));
         let err = c.resolve("galaxy").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("zone, block, rack, nvlink, node, numa, pcie"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("zone, block, rack, nvlink, node, numa, pcie"), "{err}");
     }
 
     #[test]
     fn checked_constructor_rejects_bad_orders() {
         assert_eq!(TopologyConfig::new(vec![]), Err(TopologyError::NoLevels));
-        let dup = vec![
-            LevelSpec::node_label("a", "x"),
-            LevelSpec::node_label("a", "y"),
-        ];
-        assert_eq!(
-            TopologyConfig::new(dup),
-            Err(TopologyError::DuplicateLevel("a".into()))
-        );
+        let dup = vec![LevelSpec::node_label("a", "x"), LevelSpec::node_label("a", "y")];
+        assert_eq!(TopologyConfig::new(dup), Err(TopologyError::DuplicateLevel("a".into())));
         let order = vec![
             LevelSpec::node_label("node", "kubernetes.io/hostname"),
             LevelSpec::device_attribute("numa", names::NUMA_NODE),
             LevelSpec::node_label("rack", "r"),
         ];
-        assert_eq!(
-            TopologyConfig::new(order),
-            Err(TopologyError::LevelOrder("rack".into()))
-        );
+        assert_eq!(TopologyConfig::new(order), Err(TopologyError::LevelOrder("rack".into())));
         let no_node = vec![LevelSpec::device_attribute("numa", names::NUMA_NODE)];
-        assert_eq!(
-            TopologyConfig::new(no_node),
-            Err(TopologyError::NoNodeLevel)
-        );
+        assert_eq!(TopologyConfig::new(no_node), Err(TopologyError::NoNodeLevel));
     }
 
     #[test]

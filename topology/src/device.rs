@@ -86,11 +86,7 @@ impl DeviceInfo {
             return Some(v);
         }
         let (domain, id) = name.split_once('/')?;
-        if domain == self.key.driver {
-            self.attributes.get(id)
-        } else {
-            None
-        }
+        if domain == self.key.driver { self.attributes.get(id) } else { None }
     }
 
     /// The attribute as text.
@@ -105,9 +101,7 @@ impl DeviceInfo {
 pub fn node_local_devices(slices: &[ResourceSlice]) -> Vec<DeviceInfo> {
     let mut newest: HashMap<(&str, &str), i64> = HashMap::new();
     for s in slices {
-        let g = newest
-            .entry((&s.spec.driver, &s.spec.pool.name))
-            .or_insert(s.spec.pool.generation);
+        let g = newest.entry((&s.spec.driver, &s.spec.pool.name)).or_insert(s.spec.pool.generation);
         *g = (*g).max(s.spec.pool.generation);
     }
     let mut out = Vec::new();
@@ -124,11 +118,7 @@ pub fn node_local_devices(slices: &[ResourceSlice]) -> Vec<DeviceInfo> {
                 .iter()
                 .flatten()
                 .filter_map(|(k, v)| {
-                    let full = if k.contains('/') {
-                        k.clone()
-                    } else {
-                        format!("{}/{k}", s.spec.driver)
-                    };
+                    let full = if k.contains('/') { k.clone() } else { format!("{}/{k}", s.spec.driver) };
                     AttrValue::from_api(v).map(|v| (full, v))
                 })
                 .collect();

@@ -4,9 +4,7 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TopologyError {
     /// The configuration has no levels.
-    #[error(
-        "topology configuration has no levels; list at least the node level (kubernetes.io/hostname)"
-    )]
+    #[error("topology configuration has no levels; list at least the node level (kubernetes.io/hostname)")]
     NoLevels,
     /// Two levels share a name.
     #[error("topology level {0:?} is listed twice; give every level a distinct name")]

@@ -94,10 +94,7 @@ pub struct Interconnect {
 impl Interconnect {
     /// Builds the graph of `nodes` (e.g. one node, or the nodes of an NVLink domain).
     pub fn build(topo: &ClusterTopology, nodes: &[NodeIdx]) -> Self {
-        let mut me = Self {
-            graph: UnGraph::new_undirected(),
-            index: HashMap::new(),
-        };
+        let mut me = Self { graph: UnGraph::new_undirected(), index: HashMap::new() };
         let net = me.vertex(Vertex::Network);
         for &n in nodes {
             let host = me.vertex(Vertex::Host(n));
@@ -160,27 +157,15 @@ impl Interconnect {
 
     /// The widest path between two devices of the graph; `None` if either is not in it.
     pub fn link_between(&self, a: DevIdx, b: DevIdx) -> Option<Link> {
-        let (&sa, &sb) = (
-            self.index.get(&Vertex::Device(a))?,
-            self.index.get(&Vertex::Device(b))?,
-        );
+        let (&sa, &sb) = (self.index.get(&Vertex::Device(a))?, self.index.get(&Vertex::Device(b))?);
         if sa == sb {
-            return Some(Link {
-                class: LinkClass::NvLink,
-                gbps: f64::INFINITY,
-            });
+            return Some(Link { class: LinkClass::NvLink, gbps: f64::INFINITY });
         }
         // Max-bottleneck Dijkstra; bandwidths are finite positive, so ordering by the
         // bits of an f64 is monotone.
         let mut best: HashMap<NodeIndex, Link> = HashMap::new();
         let mut heap = BinaryHeap::new();
-        best.insert(
-            sa,
-            Link {
-                class: LinkClass::NvLink,
-                gbps: f64::INFINITY,
-            },
-        );
+        best.insert(sa, Link { class: LinkClass::NvLink, gbps: f64::INFINITY });
         heap.push((u64::MAX, sa.index()));
         while let Some((bits, v)) = heap.pop() {
             let v = NodeIndex::new(v);
@@ -198,17 +183,9 @@ impl Interconnect {
             for e in self.graph.edges(v) {
                 let w = e.target();
                 let l = *e.weight();
-                let cand = if l.gbps < cur.gbps {
-                    l
-                } else {
-                    Link {
-                        class: cur.class.max(l.class),
-                        gbps: cur.gbps,
-                    }
-                };
-                let better = best.get(&w).is_none_or(|b| {
-                    cand.gbps > b.gbps || (cand.gbps == b.gbps && cand.class < b.class)
-                });
+                let cand = if l.gbps < cur.gbps { l } else { Link { class: cur.class.max(l.class), gbps: cur.gbps } };
+                let better =
+                    best.get(&w).is_none_or(|b| cand.gbps > b.gbps || (cand.gbps == b.gbps && cand.class < b.class));
                 if better {
                     best.insert(w, cand);
                     heap.push((cand.gbps.to_bits(), w.index()));

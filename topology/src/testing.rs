@@ -15,42 +15,25 @@ use crate::names;
 /// A ready node with the given labels (plus `kubernetes.io/hostname`), 224 CPUs,
 /// 2 TiB memory and 110 pods allocatable.
 pub fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-    let mut l: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert(names::HOSTNAME_LABEL.into(), name.into());
     let alloc: BTreeMap<String, Quantity> = [("cpu", "224"), ("memory", "2Ti"), ("pods", "110")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
         .collect();
     Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(l),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), labels: Some(l), ..Default::default() },
         spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus {
-            allocatable: Some(alloc.clone()),
-            capacity: Some(alloc),
-            ..Default::default()
-        }),
+        status: Some(NodeStatus { allocatable: Some(alloc.clone()), capacity: Some(alloc), ..Default::default() }),
     }
 }
 
 fn s(v: &str) -> DeviceAttribute {
-    DeviceAttribute {
-        string: Some(v.into()),
-        ..Default::default()
-    }
+    DeviceAttribute { string: Some(v.into()), ..Default::default() }
 }
 
 fn i(v: i64) -> DeviceAttribute {
-    DeviceAttribute {
-        int: Some(v),
-        ..Default::default()
-    }
+    DeviceAttribute { int: Some(v), ..Default::default() }
 }
 
 /// What one fake GPU looks like.
@@ -85,19 +68,8 @@ fn gpu_device(node: &str, idx: usize, g: &GpuShape) -> Device {
     a.insert(names::NUMA_NODE.to_string(), i(g.numa));
     a.insert(names::PCIE_ROOT.to_string(), s(&g.pcie_root));
     let mut cap = BTreeMap::new();
-    cap.insert(
-        "memory".to_string(),
-        DeviceCapacity {
-            value: Quantity("80Gi".into()),
-            ..Default::default()
-        },
-    );
-    Device {
-        name: format!("gpu-{idx}"),
-        attributes: Some(a),
-        capacity: Some(cap),
-        ..Default::default()
-    }
+    cap.insert("memory".to_string(), DeviceCapacity { value: Quantity("80Gi".into()), ..Default::default() });
+    Device { name: format!("gpu-{idx}"), attributes: Some(a), capacity: Some(cap), ..Default::default() }
 }
 
 fn nic_device(idx: usize, numa: i64, root: &str) -> Device {
@@ -105,30 +77,19 @@ fn nic_device(idx: usize, numa: i64, root: &str) -> Device {
     a.insert("type".to_string(), s("nic"));
     a.insert(names::NUMA_NODE.to_string(), i(numa));
     a.insert(names::PCIE_ROOT.to_string(), s(root));
-    Device {
-        name: format!("nic-{idx}"),
-        attributes: Some(a),
-        ..Default::default()
-    }
+    Device { name: format!("nic-{idx}"), attributes: Some(a), ..Default::default() }
 }
 
 /// A one-slice pool for `node` under `driver`.
 pub fn slice(driver: &str, node: &str, devices: Vec<Device>) -> ResourceSlice {
     ResourceSlice {
         metadata: ObjectMeta {
-            name: Some(format!(
-                "{node}-{}",
-                driver.split('.').next().unwrap_or(driver)
-            )),
+            name: Some(format!("{node}-{}", driver.split('.').next().unwrap_or(driver))),
             ..Default::default()
         },
         spec: ResourceSliceSpec {
             driver: driver.into(),
-            pool: ResourcePool {
-                name: node.into(),
-                generation: 1,
-                resource_slice_count: 1,
-            },
+            pool: ResourcePool { name: node.into(), generation: 1, resource_slice_count: 1 },
             node_name: Some(node.into()),
             devices: Some(devices),
             ..Default::default()
@@ -184,24 +145,10 @@ pub fn l40s_gpus() -> Vec<GpuShape> {
 
 /// The GPU slice of a node with these GPU shapes.
 pub fn gpu_slice(node: &str, gpus: &[GpuShape]) -> ResourceSlice {
-    slice(
-        names::GPU_DRIVER,
-        node,
-        gpus.iter()
-            .enumerate()
-            .map(|(i, g)| gpu_device(node, i, g))
-            .collect(),
-    )
+    slice(names::GPU_DRIVER, node, gpus.iter().enumerate().map(|(i, g)| gpu_device(node, i, g)).collect())
 }
 
 /// The NIC slice of a node: one NIC on the PCIe root (and NUMA node) of every GPU.
 pub fn nic_slice(node: &str, gpus: &[GpuShape]) -> ResourceSlice {
-    slice(
-        names::NIC_DRIVER,
-        node,
-        gpus.iter()
-            .enumerate()
-            .map(|(i, g)| nic_device(i, g.numa, &g.pcie_root))
-            .collect(),
-    )
+    slice(names::NIC_DRIVER, node, gpus.iter().enumerate().map(|(i, g)| nic_device(i, g.numa, &g.pcie_root)).collect())
 }

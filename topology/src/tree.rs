@@ -21,7 +21,7 @@ pub type DevIdx = usize;
 pub struct Domain {
     /// The level (index into the configuration).
     pub level: usize,
-    /// The label or attribute value; for a node without one, `<unset:NODE>`.
+    /// The label or attribute value; `<unset>` for nodes without one.
     pub value: String,
     /// The domain's parent one level up, if any.
     pub parent: Option<DomainIdx>,
@@ -29,7 +29,7 @@ pub struct Domain {
     pub children: Vec<DomainIdx>,
     /// All nodes in it, ascending.
     pub nodes: Vec<NodeIdx>,
-    /// True when the node had no value at this level and stands alone.
+    /// True when its nodes have no value at this level.
     pub synthetic: bool,
 }
 
@@ -74,32 +74,19 @@ pub struct ClusterTopology {
 }
 
 fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    node.metadata
-        .labels
-        .as_ref()?
-        .get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str).filter(|v| !v.is_empty())
 }
 
 impl ClusterTopology {
     /// Builds the tree from nodes and the newest `ResourceSlice`s.
     pub fn build(config: &TopologyConfig, nodes: &[Node], slices: &[ResourceSlice]) -> Self {
-        let mut names: Vec<&str> = nodes
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
+        let mut names: Vec<&str> = nodes.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
         names.sort_unstable();
         names.dedup();
-        let node_obj: HashMap<&str, &Node> = nodes
-            .iter()
-            .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
-            .collect();
-        let node_by_name: HashMap<String, NodeIdx> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), i))
-            .collect();
+        let node_obj: HashMap<&str, &Node> =
+            nodes.iter().filter_map(|n| Some((n.metadata.name.as_deref()?, n))).collect();
+        let node_by_name: HashMap<String, NodeIdx> =
+            names.iter().enumerate().map(|(i, n)| (n.to_string(), i)).collect();
 
         let mut devices = Vec::new();
         let mut per_node: Vec<Vec<DevIdx>> = vec![Vec::new(); names.len()];
@@ -118,11 +105,7 @@ impl ClusterTopology {
                 info,
             });
         }
-        let device_by_key = devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.info.key.clone(), i))
-            .collect();
+        let device_by_key = devices.iter().enumerate().map(|(i, d)| (d.info.key.clone(), i)).collect();
 
         let node_levels = config.node_levels();
         let mut domains: Vec<Domain> = Vec::new();
@@ -137,26 +120,16 @@ impl ClusterTopology {
                 let value = if level == node_levels - 1 {
                     Some(name.to_string())
                 } else {
-                    level_value(
-                        &spec.source,
-                        node,
-                        per_node[ni].iter().map(|&d| &devices[d]),
-                    )
+                    level_value(&spec.source, node, per_node[ni].iter().map(|&d| &devices[d]))
                 };
+                // Nodes without a value share one `<unset>` domain under their parent.
                 let (value, synthetic) = match value {
                     Some(v) => (v, false),
-                    None => (format!("<unset:{name}>"), true),
+                    None => ("<unset>".to_string(), true),
                 };
                 let idx = *by_path.entry((parent, value.clone())).or_insert_with(|| {
                     let idx = domains.len();
-                    domains.push(Domain {
-                        level,
-                        value,
-                        parent,
-                        children: Vec::new(),
-                        nodes: Vec::new(),
-                        synthetic,
-                    });
+                    domains.push(Domain { level, value, parent, children: Vec::new(), nodes: Vec::new(), synthetic });
                     level_domains[level].push(idx);
                     if let Some(p) = parent {
                         domains[p].children.push(idx);
@@ -173,15 +146,7 @@ impl ClusterTopology {
                 devices: std::mem::take(&mut per_node[ni]),
             });
         }
-        Self {
-            config: config.clone(),
-            nodes: entries,
-            node_by_name,
-            domains,
-            level_domains,
-            devices,
-            device_by_key,
-        }
+        Self { config: config.clone(), nodes: entries, node_by_name, domains, level_domains, devices, device_by_key }
     }
 
     /// The configuration the tree was built from.
@@ -206,10 +171,7 @@ impl ClusterTopology {
 
     /// The domains of one node-scope level.
     pub fn level_domains(&self, level: usize) -> &[DomainIdx] {
-        self.level_domains
-            .get(level)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.level_domains.get(level).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// All devices.
@@ -237,11 +199,9 @@ impl ClusterTopology {
     /// when they share none (they span the cluster) or the list is empty.
     pub fn common_level(&self, nodes: &[NodeIdx]) -> Option<usize> {
         let first = *nodes.first()?;
-        (0..self.config.node_levels()).rev().find(|&l| {
-            nodes
-                .iter()
-                .all(|&n| self.domain_of(n, l) == self.domain_of(first, l))
-        })
+        (0..self.config.node_levels())
+            .rev()
+            .find(|&l| nodes.iter().all(|&n| self.domain_of(n, l) == self.domain_of(first, l)))
     }
 
     /// The group two devices share at a device-scope level (`numa`, `pcie`), if both
@@ -263,17 +223,8 @@ fn level_value<'a>(
 ) -> Option<String> {
     match source {
         LevelSource::NodeLabel(key) => label(node, key).map(str::to_string),
-        LevelSource::DeviceAttribute {
-            attribute,
-            fallback_node_label,
-            ..
-        } => devices
+        LevelSource::DeviceAttribute { attribute, fallback_node_label, .. } => devices
             .find_map(|d| d.info.attr_text(attribute))
-            .or_else(|| {
-                fallback_node_label
-                    .as_deref()
-                    .and_then(|k| label(node, k))
-                    .map(str::to_string)
-            }),
+            .or_else(|| fallback_node_label.as_deref().and_then(|k| label(node, k)).map(str::to_string)),
     }
 }
