@@ -5,9 +5,16 @@
 //! API, writing [`cdi`] specs and a crash-safe [`checkpoint`]. [`health`] turns device
 //! faults into slice taints and the kubelet's health stream.
 
+pub mod agent;
 pub mod attributes;
+pub mod cdi;
+pub mod checkpoint;
 pub mod discovery;
+pub mod health;
+pub mod plugin;
+pub mod prepare;
 pub mod publisher;
+pub mod uds;
 
 /// Code generated from our own `.proto` files (see `proto/`).
 pub mod proto {

@@ -1,6 +1,242 @@
-//! `phalanx-dra-driver`: see DESIGN.md.
+//! `phalanx-dra-driver`: the DRA kubelet driver for `gpu.phalanx.dev`.
+//!
+//! - `run`: the node agent (DaemonSet): publish this node's devices, serve the kubelet
+//!   plugin, report health;
+//! - `publish`: publish fake devices for many nodes from one process (scale tests, demo);
+//! - `discover`: print what discovery finds.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("phalanx-dra-driver: not built yet; see the open issues");
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
+use phalanx_dra_driver::agent::{self, AgentConfig, Backend};
+use phalanx_dra_driver::attributes::{self, GPU_DRIVER, NIC_DRIVER};
+use phalanx_dra_driver::discovery::{self, NodeContext};
+use phalanx_dra_driver::health::{self, Faults};
+use phalanx_dra_driver::publisher::{NodeRef, Publisher};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(version, about = "DRA kubelet driver for NVIDIA GPUs (gpu.phalanx.dev)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct BackendArgs {
+    /// Fake hardware: a built-in profile (hgx-h100-8, gb200-nvl72, l40s-pcie-8,
+    /// mixed-small) or a profile file. Without it, devices come from NVML.
+    #[arg(long, env = "PHALANX_PROFILE")]
+    profile: Option<String>,
+    /// sysfs root for PCI facts (NVML backend).
+    #[arg(long, default_value = "/sys")]
+    sysfs_root: PathBuf,
+}
+
+impl BackendArgs {
+    fn backend(&self) -> Backend {
+        match &self.profile {
+            Some(p) => Backend::Profile(p.clone()),
+            None => Backend::Nvml { sysfs: self.sysfs_root.clone() },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: publisher + kubelet plugin + health.
+    Run {
+        /// This node's name.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// The kubelet's root directory (sockets go under plugins_registry/ and plugins/).
+        #[arg(long, default_value = "/var/lib/kubelet")]
+        kubelet_root: PathBuf,
+        /// Where per-claim CDI specs are written.
+        #[arg(long, default_value = "/var/run/cdi")]
+        cdi_root: PathBuf,
+        /// Checkpoint file [default: <kubelet-root>/plugins/gpu.phalanx.dev/checkpoint.json].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Do not publish the profile's NICs under nic.phalanx.dev.
+        #[arg(long)]
+        no_nics: bool,
+        /// Fault-injection file: lines `<device> <reason>` mark devices unhealthy.
+        #[arg(long)]
+        fault_file: Option<PathBuf>,
+        /// How often the fault file is re-read, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        fault_poll_ms: u64,
+        /// Delete this node's ResourceSlices when stopping.
+        #[arg(long)]
+        remove_slices_on_exit: bool,
+    },
+    /// Publish a profile's devices for many (fake) nodes from one process.
+    Publish {
+        /// The profile (required: there is no NVML for other nodes).
+        #[arg(long)]
+        profile: String,
+        /// Nodes to publish for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Publish for every Node matching this label selector (in name order).
+        #[arg(long)]
+        node_selector: Option<String>,
+        /// Do not publish NICs.
+        #[arg(long)]
+        no_nics: bool,
+        /// Fault file: `<device> <reason>` or `<node> <device> <reason>` lines.
+        #[arg(long)]
+        fault_file: Option<PathBuf>,
+        /// Publish once, print how long it took, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Delete the published slices when stopping.
+        #[arg(long)]
+        remove_slices_on_exit: bool,
+    },
+    /// Print the devices discovery finds, as YAML.
+    Discover {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Node name the profile derives identities from.
+        #[arg(long, env = "NODE_NAME", default_value = "localhost")]
+        node_name: String,
+    },
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phalanx-dra-driver: {e:#}");
+            let nvml_missing = e.chain().any(|c| {
+                c.downcast_ref::<discovery::Error>().is_some_and(|d| matches!(d, discovery::Error::NvmlUnavailable(_)))
+                    || c.downcast_ref::<agent::Error>()
+                        .is_some_and(|a| matches!(a, agent::Error::Discovery(discovery::Error::NvmlUnavailable(_))))
+            });
+            ExitCode::from(if nvml_missing { 3 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Discover { backend, node_name } => {
+            let inventory = backend.backend().open()?.discover(&NodeContext::named(node_name))?;
+            print!("{}", serde_yaml::to_string(&inventory)?);
+            Ok(())
+        }
+        Command::Run {
+            node_name,
+            backend,
+            kubelet_root,
+            cdi_root,
+            checkpoint,
+            no_nics,
+            fault_file,
+            fault_poll_ms,
+            remove_slices_on_exit,
+        } => {
+            let backend = backend.backend();
+            // Fail fast, before touching the apiserver, where NVML is missing.
+            backend.open()?;
+            let client = kube::Client::try_default().await.context("connecting to the apiserver")?;
+            let config = AgentConfig {
+                node_name,
+                backend,
+                kubelet_root,
+                cdi_root,
+                checkpoint,
+                publish_nics: !no_nics,
+                fault_file,
+                fault_poll: Duration::from_millis(fault_poll_ms),
+                remove_slices_on_exit,
+            };
+            agent::run(config, client, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Publish { profile, nodes, node_selector, no_nics, fault_file, once, remove_slices_on_exit } => {
+            let client = kube::Client::try_default().await.context("connecting to the apiserver")?;
+            let discovery = Backend::Profile(profile).open()?;
+            let api: Api<Node> = Api::all(client.clone());
+            let mut listed =
+                api.list(&ListParams { label_selector: node_selector.clone(), ..Default::default() }).await?.items;
+            if node_selector.is_none() {
+                listed.retain(|n| n.metadata.name.as_ref().is_some_and(|name| nodes.contains(name)));
+            }
+            listed.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            anyhow::ensure!(!listed.is_empty(), "no Nodes to publish for: pass --nodes or --node-selector");
+            let started = Instant::now();
+            let publisher = Publisher::new(client.clone());
+            let mut targets = Vec::new();
+            for (index, node) in listed.into_iter().enumerate() {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let node_ref = NodeRef { name: name.clone(), uid: node.metadata.uid.clone().unwrap_or_default() };
+                let ctx = NodeContext { name, index, labels: node.metadata.labels.clone().unwrap_or_default() };
+                targets.push((node_ref, discovery.discover(&ctx)?));
+            }
+            let (faults_tx, mut faults_rx) = watch::channel(Faults::default());
+            let set_all = |faults: &Faults| {
+                let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+                for (node, inv) in &targets {
+                    let devices = attributes::gpu_devices(inv, &faults.for_node(&node.name), &now);
+                    publisher.set_pool(GPU_DRIVER, node.clone(), devices);
+                    if !no_nics && !inv.nics.is_empty() {
+                        publisher.set_pool(NIC_DRIVER, node.clone(), attributes::nic_devices(inv));
+                    }
+                }
+            };
+            set_all(&Faults::default());
+            let written = publisher.sync_all().await?;
+            eprintln!("published {} pools ({written} written) in {:.2?}", publisher.pools().len(), started.elapsed());
+            if once {
+                return Ok(());
+            }
+            if let Some(path) = fault_file {
+                tokio::spawn(health::watch_fault_file(path, Duration::from_millis(500), faults_tx));
+            }
+            let runner = publisher.clone();
+            let running = tokio::spawn(async move { runner.run(&[GPU_DRIVER, NIC_DRIVER]).await });
+            let shutdown = shutdown_signal();
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    changed = faults_rx.changed() => {
+                        if changed.is_err() { shutdown.as_mut().await; break; }
+                        let faults = faults_rx.borrow_and_update().clone();
+                        set_all(&faults);
+                    }
+                }
+            }
+            running.abort();
+            if remove_slices_on_exit {
+                publisher.remove_all().await?;
+            }
+            Ok(())
+        }
+    }
 }

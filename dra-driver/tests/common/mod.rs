@@ -86,3 +86,33 @@ pub async fn slices_of(client: &kube::Client, driver: &str, node: &str) -> Vec<R
     let params = ListParams::default().fields(&format!("spec.driver={driver},spec.nodeName={node}"));
     Api::<ResourceSlice>::all(client.clone()).list(&params).await.expect("list slices").items
 }
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{Patch, PatchParams};
+
+/// Creates claim `name` asking for `devices.len()` GPUs and writes its allocation (as
+/// a scheduler would) to those devices of pool `node`. Returns the claim's UID.
+pub async fn allocated_claim(client: &kube::Client, ns: &str, name: &str, node: &str, devices: &[&str]) -> String {
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), ns);
+    let claim: ResourceClaim = from_json(json!({
+        "metadata": { "name": name },
+        "spec": { "devices": { "requests": [
+            { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": devices.len().max(1) } }
+        ] } }
+    }));
+    let created = claims.create(&PostParams::default(), &claim).await.expect("claim created");
+    if !devices.is_empty() {
+        let results: Vec<_> = devices
+            .iter()
+            .map(|d| json!({ "request": "gpu", "driver": "gpu.phalanx.dev", "pool": node, "device": d }))
+            .collect();
+        let status = json!({ "status": { "allocation": {
+            "devices": { "results": results },
+            "nodeSelector": { "nodeSelectorTerms": [{ "matchFields": [
+                { "key": "metadata.name", "operator": "In", "values": [node] }
+            ] }] }
+        } } });
+        claims.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("allocation written");
+    }
+    created.metadata.uid.expect("uid")
+}

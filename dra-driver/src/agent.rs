@@ -1,0 +1,200 @@
+//! The node agent: discovery, publishing, health and the kubelet plugin for one node,
+//! wired together. `main` parses flags into an [`AgentConfig`] and calls [`run`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use tokio::sync::{Mutex, watch};
+
+use crate::attributes::{self, GPU_DRIVER, NIC_DRIVER};
+use crate::cdi::CdiWriter;
+use crate::checkpoint::{self, Checkpoint};
+use crate::discovery::nvml::NvmlDiscovery;
+use crate::discovery::profile::{Profile, ProfileDiscovery};
+use crate::discovery::sysfs::Sysfs;
+use crate::discovery::{self, Discovery, NodeContext, NodeInventory};
+use crate::health::{self, Faults};
+use crate::plugin::{self, PluginConfig};
+use crate::prepare::{self, NodeState};
+use crate::publisher::{self, NodeRef, Publisher};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the Node failed.
+    #[error("reading Node {node}: {source}")]
+    Node {
+        /// Node name.
+        node: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Discovery failed.
+    #[error(transparent)]
+    Discovery(#[from] discovery::Error),
+    /// The checkpoint is unusable.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    /// Recovering from the checkpoint failed.
+    #[error("recovering prepared claims: {0}")]
+    Recover(#[from] prepare::Error),
+    /// The kubelet plugin failed.
+    #[error(transparent)]
+    Plugin(#[from] plugin::Error),
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] publisher::Error),
+}
+
+/// Where the devices come from.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Real GPUs through NVML, PCI facts from this sysfs root.
+    Nvml {
+        /// Usually `/sys`.
+        sysfs: PathBuf,
+    },
+    /// Fake hardware: a built-in profile name or a profile file.
+    Profile(String),
+}
+
+impl Backend {
+    /// Opens the backend; NVML fails here, clearly, where it is absent.
+    pub fn open(&self) -> Result<Box<dyn Discovery>, discovery::Error> {
+        Ok(match self {
+            Backend::Nvml { sysfs } => Box::new(NvmlDiscovery::init(Sysfs::at(sysfs))?),
+            Backend::Profile(p) => Box::new(ProfileDiscovery::new(Profile::load(p)?)),
+        })
+    }
+}
+
+/// Everything the node agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// Device source.
+    pub backend: Backend,
+    /// Kubelet root (`/var/lib/kubelet`).
+    pub kubelet_root: PathBuf,
+    /// CDI spec directory (`/var/run/cdi`).
+    pub cdi_root: PathBuf,
+    /// Checkpoint file; default `<kubelet root>/plugins/gpu.phalanx.dev/checkpoint.json`.
+    pub checkpoint: Option<PathBuf>,
+    /// Publish NICs under `nic.phalanx.dev` (profile backend).
+    pub publish_nics: bool,
+    /// Fault-injection file (profile backend).
+    pub fault_file: Option<PathBuf>,
+    /// How often the fault file is re-read.
+    pub fault_poll: Duration,
+    /// Delete our slices on shutdown.
+    pub remove_slices_on_exit: bool,
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+async fn node_context(client: &kube::Client, name: &str) -> Result<(NodeRef, NodeContext), Error> {
+    let node = Api::<Node>::all(client.clone())
+        .get(name)
+        .await
+        .map_err(|source| Error::Node { node: name.to_owned(), source })?;
+    let uid = node.metadata.uid.clone().unwrap_or_default();
+    let labels: BTreeMap<String, String> = node.metadata.labels.unwrap_or_default();
+    Ok((NodeRef { name: name.to_owned(), uid }, NodeContext { name: name.to_owned(), index: 0, labels }))
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let discovery = config.backend.open()?;
+    let (node_ref, ctx) = node_context(&client, &config.node_name).await?;
+    let inventory: NodeInventory = discovery.discover(&ctx)?;
+    tracing::info!(node = config.node_name, gpus = inventory.gpus.len(), nics = inventory.nics.len(), "discovered");
+
+    let plugin_config = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: config.kubelet_root.clone() };
+    let checkpoint_path =
+        config.checkpoint.clone().unwrap_or_else(|| plugin_config.plugin_dir().join("checkpoint.json"));
+    let checkpoint = Checkpoint::load(&checkpoint_path, &checkpoint::boot_id())?;
+    let (state, recovery) = NodeState::recover(
+        GPU_DRIVER,
+        &config.node_name,
+        inventory.clone(),
+        checkpoint,
+        CdiWriter::new(&config.cdi_root),
+    )?;
+    tracing::info!(completed = recovery.completed, abandoned = ?recovery.abandoned, "checkpoint recovered");
+    let state = Arc::new(Mutex::new(state));
+
+    let publisher = Publisher::new(client.clone());
+    let (faults_tx, faults_rx) = watch::channel(Faults::default());
+    publisher.set_pool(GPU_DRIVER, node_ref.clone(), attributes::gpu_devices(&inventory, &Default::default(), &now()));
+    let mut drivers = vec![GPU_DRIVER];
+    if config.publish_nics && !inventory.nics.is_empty() {
+        publisher.set_pool(NIC_DRIVER, node_ref.clone(), attributes::nic_devices(&inventory));
+        drivers.push(NIC_DRIVER);
+    }
+    let publishing = {
+        let p = publisher.clone();
+        tokio::spawn(async move { p.run(&drivers).await })
+    };
+
+    // Health: faults → taints on the slice (the health stream reads the same channel).
+    let health_source = match (&config.fault_file, &config.backend) {
+        (Some(path), _) => tokio::spawn(health::watch_fault_file(path.clone(), config.fault_poll, faults_tx)),
+        (None, Backend::Nvml { sysfs }) => {
+            let names: BTreeMap<String, String> =
+                inventory.gpus.iter().map(|g| (g.uuid.clone(), g.device_name())).collect();
+            let sysfs = sysfs.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = NvmlDiscovery::init(Sysfs::at(sysfs))
+                    .map_err(|e| health::Error::Nvml(e.to_string()))
+                    .and_then(|d| health::watch_nvml_xids(d.nvml(), &names, &faults_tx));
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "XID health monitoring stopped");
+                }
+            })
+        }
+        (None, Backend::Profile(_)) => tokio::spawn(async move { faults_tx.closed().await }),
+    };
+    let tainting = {
+        let mut rx = faults_rx.clone();
+        let publisher = publisher.clone();
+        let (node_ref, inventory) = (node_ref.clone(), inventory.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let unhealthy = rx.borrow_and_update().for_node(&node_ref.name);
+                tracing::info!(?unhealthy, "device health changed");
+                publisher.set_pool(
+                    GPU_DRIVER,
+                    node_ref.clone(),
+                    attributes::gpu_devices(&inventory, &unhealthy, &now()),
+                );
+            }
+        })
+    };
+
+    let (registered_tx, _registered_rx) = watch::channel(None);
+    let served =
+        plugin::serve(&plugin_config, state, client, faults_rx, config.node_name.clone(), registered_tx, shutdown)
+            .await;
+    publishing.abort();
+    tainting.abort();
+    health_source.abort();
+    if config.remove_slices_on_exit {
+        publisher.remove_all().await?;
+        tracing::info!("removed our ResourceSlices");
+    }
+    served?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `DRAPlugin` v1 and v1beta1: NodePrepareResources / NodeUnprepareResources.
+//!
+//! One response per requested claim, keyed by UID; per-claim failures go in `error`,
+//! never as a gRPC error. Each claim is fetched from the apiserver and checked by
+//! [`crate::prepare::NodeState`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::Api;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use crate::checkpoint::PreparedDevice;
+use crate::prepare::{ClaimRef, Error, NodeState};
+use crate::proto::{dra_v1 as v1, dra_v1beta1 as v1beta1};
+
+/// Serves both versions of the DRA plugin service.
+#[derive(Clone)]
+pub struct DraService {
+    state: Arc<Mutex<NodeState>>,
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for DraService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraService").finish_non_exhaustive()
+    }
+}
+
+impl DraService {
+    /// A service over `state`, fetching claims through `client`.
+    pub fn new(state: Arc<Mutex<NodeState>>, client: kube::Client) -> Self {
+        DraService { state, client }
+    }
+
+    /// Prepares each claim; the result per UID.
+    pub async fn prepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, String>)> {
+        let mut out = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let result = self.prepare_one(&claim).await.map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::warn!(
+                    claim = format!("{}/{}", claim.namespace, claim.name),
+                    uid = claim.uid,
+                    error = e,
+                    "prepare failed"
+                );
+            }
+            out.push((claim.uid, result));
+        }
+        out
+    }
+
+    async fn prepare_one(&self, claim: &ClaimRef) -> Result<Vec<PreparedDevice>, Error> {
+        if let Some(devices) = self.state.lock().await.already_prepared(&claim.uid) {
+            return Ok(devices);
+        }
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &claim.namespace);
+        let fetched = api
+            .get(&claim.name)
+            .await
+            .map_err(|source| Error::Fetch { claim: format!("{}/{}", claim.namespace, claim.name), source })?;
+        self.state.lock().await.prepare(claim, &fetched)
+    }
+
+    /// Unprepares each claim; the error per UID, if any.
+    pub async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Option<String>)> {
+        let mut state = self.state.lock().await;
+        claims.into_iter().map(|c| (c.uid.clone(), state.unprepare(&c.uid).err().map(|e| e.to_string()))).collect()
+    }
+}
+
+macro_rules! claim_refs {
+    ($claims:expr) => {
+        $claims.into_iter().map(|c| ClaimRef { namespace: c.namespace, uid: c.uid, name: c.name }).collect()
+    };
+}
+
+#[tonic::async_trait]
+impl v1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
+        let results = self.prepare_claims(claim_refs!(request.into_inner().claims)).await;
+        let claims: HashMap<String, v1::NodePrepareResourceResponse> = results
+            .into_iter()
+            .map(|(uid, r)| {
+                let response = match r {
+                    Ok(devices) => v1::NodePrepareResourceResponse {
+                        devices: devices
+                            .into_iter()
+                            .map(|d| v1::Device {
+                                request_names: d.request_names,
+                                pool_name: d.pool_name,
+                                device_name: d.device_name,
+                                cdi_device_ids: d.cdi_device_ids,
+                                share_id: None,
+                            })
+                            .collect(),
+                        error: String::new(),
+                    },
+                    Err(error) => v1::NodePrepareResourceResponse { devices: vec![], error },
+                };
+                (uid, response)
+            })
+            .collect();
+        Ok(Response::new(v1::NodePrepareResourcesResponse { claims }))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
+        let results = self.unprepare_claims(claim_refs!(request.into_inner().claims)).await;
+        let claims = results
+            .into_iter()
+            .map(|(uid, e)| (uid, v1::NodeUnprepareResourceResponse { error: e.unwrap_or_default() }))
+            .collect();
+        Ok(Response::new(v1::NodeUnprepareResourcesResponse { claims }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1beta1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1beta1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
+        let results = self.prepare_claims(claim_refs!(request.into_inner().claims)).await;
+        let claims = results
+            .into_iter()
+            .map(|(uid, r)| {
+                let response = match r {
+                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
+                        devices: devices
+                            .into_iter()
+                            .map(|d| v1beta1::Device {
+                                request_names: d.request_names,
+                                pool_name: d.pool_name,
+                                device_name: d.device_name,
+                                cdi_device_ids: d.cdi_device_ids,
+                            })
+                            .collect(),
+                        error: String::new(),
+                    },
+                    Err(error) => v1beta1::NodePrepareResourceResponse { devices: vec![], error },
+                };
+                (uid, response)
+            })
+            .collect();
+        Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1beta1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
+        let results = self.unprepare_claims(claim_refs!(request.into_inner().claims)).await;
+        let claims = results
+            .into_iter()
+            .map(|(uid, e)| (uid, v1beta1::NodeUnprepareResourceResponse { error: e.unwrap_or_default() }))
+            .collect();
+        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+    }
+}

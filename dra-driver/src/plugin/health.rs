@@ -1,0 +1,81 @@
+//! `v1alpha1.DRAResourceHealth`: streams the health of every GPU of the node; each
+//! message is the complete list, sent at once and again on every change.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{Mutex, watch};
+use tonic::{Request, Response, Status};
+
+use crate::health::Faults;
+use crate::prepare::NodeState;
+use crate::proto::health_v1alpha1::{
+    DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest, NodeWatchResourcesResponse,
+    dra_resource_health_server::DraResourceHealth,
+};
+
+/// The health service.
+#[derive(Clone)]
+pub struct HealthService {
+    node: String,
+    state: Arc<Mutex<NodeState>>,
+    faults: watch::Receiver<Faults>,
+}
+
+impl std::fmt::Debug for HealthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthService").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+impl HealthService {
+    /// Reports the GPUs of `state` (pool `node`) as `faults` says.
+    pub fn new(node: String, state: Arc<Mutex<NodeState>>, faults: watch::Receiver<Faults>) -> Self {
+        HealthService { node, state, faults }
+    }
+
+    async fn snapshot(&self, faults: &Faults) -> NodeWatchResourcesResponse {
+        let unhealthy = faults.for_node(&self.node);
+        let names = self.state.lock().await.device_names();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let devices = names
+            .into_iter()
+            .map(|name| {
+                let reason = unhealthy.get(&name);
+                DeviceHealth {
+                    device: Some(DeviceIdentifier { pool_name: self.node.clone(), device_name: name.clone() }),
+                    health: if reason.is_some() { HealthStatus::Unhealthy } else { HealthStatus::Healthy } as i32,
+                    last_updated_time: now,
+                    health_check_timeout_seconds: 30,
+                    message: reason.cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        NodeWatchResourcesResponse { devices }
+    }
+}
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<NodeWatchResourcesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DraResourceHealth for HealthService {
+    type NodeWatchResourcesStream = HealthStream;
+
+    async fn node_watch_resources(
+        &self,
+        _: Request<NodeWatchResourcesRequest>,
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        let mut rx = self.faults.clone();
+        rx.mark_changed();
+        let service = self.clone();
+        let stream = futures::stream::unfold((rx, service), |(mut rx, service)| async move {
+            rx.changed().await.ok()?;
+            let faults = rx.borrow_and_update().clone();
+            let message = service.snapshot(&faults).await;
+            Some((Ok(message), (rx, service)))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,348 @@
+//! Preparing and unpreparing claims on this node: the decisions, over plain data.
+//!
+//! [`NodeState`] holds the node's GPUs, the checkpoint and the CDI writer. The kubelet
+//! plugin fetches each claim and hands it here; this module checks it, refuses devices
+//! held by another claim, records `PrepareStarted` → writes the CDI spec → records
+//! `PrepareCompleted` with the devices, in that order, so a crash at any point is
+//! recoverable from the checkpoint alone.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::ResourceClaim;
+
+use crate::cdi::{self, CdiWriter};
+use crate::checkpoint::{self, Checkpoint, ClaimState, PreparedClaim, PreparedDevice};
+use crate::discovery::NodeInventory;
+
+/// Why a claim could not be prepared or unprepared (reported per claim to the kubelet).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The claim has no allocation.
+    #[error("claim {0} is not allocated")]
+    NotAllocated(String),
+    /// The claim with this name has another UID: it was deleted and re-created.
+    #[error("claim {name} has UID {got}, expected {expected}: it got replaced")]
+    Replaced {
+        /// Claim name.
+        name: String,
+        /// UID the kubelet asked for.
+        expected: String,
+        /// UID found.
+        got: String,
+    },
+    /// The claim names a device this node does not have.
+    #[error("device {pool}/{device} of claim {claim} is not a GPU of this node ({node})")]
+    UnknownDevice {
+        /// Claim.
+        claim: String,
+        /// Pool in the allocation.
+        pool: String,
+        /// Device in the allocation.
+        device: String,
+        /// This node.
+        node: String,
+    },
+    /// Another claim holds the device.
+    #[error("device {device} is already prepared for claim {holder} ({holder_uid}); refusing to share it")]
+    DeviceBusy {
+        /// The device.
+        device: String,
+        /// `namespace/name` of the claim holding it.
+        holder: String,
+        /// Its UID.
+        holder_uid: String,
+    },
+    /// Fetching the claim from the apiserver failed.
+    #[error("fetching claim {claim}: {source}")]
+    Fetch {
+        /// `namespace/name`.
+        claim: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The checkpoint could not be written.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    /// The CDI spec could not be written or removed.
+    #[error(transparent)]
+    Cdi(#[from] cdi::Error),
+}
+
+/// A claim as the kubelet names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRef {
+    /// Namespace.
+    pub namespace: String,
+    /// UID.
+    pub uid: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What the node has prepared, and the means to prepare more.
+#[derive(Debug)]
+pub struct NodeState {
+    driver: String,
+    node: String,
+    inventory: NodeInventory,
+    checkpoint: Checkpoint,
+    cdi: CdiWriter,
+}
+
+/// What recovery at startup cleaned up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Claims whose prepare completed before the restart (kept).
+    pub completed: usize,
+    /// Claims whose prepare was cut short (their CDI spec removed, the entry dropped;
+    /// the kubelet retries them).
+    pub abandoned: Vec<String>,
+}
+
+impl NodeState {
+    /// Loads the checkpoint and finishes what a crash left half done.
+    pub fn recover(
+        driver: &str,
+        node: &str,
+        inventory: NodeInventory,
+        checkpoint: Checkpoint,
+        cdi: CdiWriter,
+    ) -> Result<(NodeState, Recovery), Error> {
+        let mut state = NodeState { driver: driver.into(), node: node.into(), inventory, checkpoint, cdi };
+        let abandoned: Vec<String> = state
+            .checkpoint
+            .data
+            .prepared_claims
+            .iter()
+            .filter(|(_, c)| c.state == ClaimState::PrepareStarted)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &abandoned {
+            state.cdi.remove(uid)?;
+            state.checkpoint.data.prepared_claims.remove(uid);
+        }
+        if !abandoned.is_empty() {
+            state.checkpoint.save()?;
+        }
+        let completed = state.checkpoint.data.prepared_claims.len();
+        Ok((state, Recovery { completed, abandoned }))
+    }
+
+    /// Claims currently recorded, by UID.
+    pub fn prepared(&self) -> &BTreeMap<String, PreparedClaim> {
+        &self.checkpoint.data.prepared_claims
+    }
+
+    /// Names of the node's GPUs.
+    pub fn device_names(&self) -> Vec<String> {
+        self.inventory.gpus.iter().map(|g| g.device_name()).collect()
+    }
+
+    /// Replaces the inventory (health changes do not change what is prepared).
+    pub fn set_inventory(&mut self, inventory: NodeInventory) {
+        self.inventory = inventory;
+    }
+
+    /// Devices of a claim already completed: a repeated prepare returns them unchanged.
+    pub fn already_prepared(&self, uid: &str) -> Option<Vec<PreparedDevice>> {
+        self.prepared().get(uid).filter(|c| c.state == ClaimState::PrepareCompleted).map(|c| c.devices.clone())
+    }
+
+    /// Prepares `claim` (fetched from the apiserver for `wanted`).
+    pub fn prepare(&mut self, wanted: &ClaimRef, claim: &ResourceClaim) -> Result<Vec<PreparedDevice>, Error> {
+        if let Some(devices) = self.already_prepared(&wanted.uid) {
+            return Ok(devices);
+        }
+        let got = claim.metadata.uid.clone().unwrap_or_default();
+        if got != wanted.uid {
+            return Err(Error::Replaced { name: wanted.name.clone(), expected: wanted.uid.clone(), got });
+        }
+        let allocation = claim.status.as_ref().and_then(|s| s.allocation.as_ref());
+        let Some(allocation) = allocation else { return Err(Error::NotAllocated(wanted.name.clone())) };
+        let results = allocation.devices.as_ref().and_then(|d| d.results.clone()).unwrap_or_default();
+
+        // Group ours by device (one device may serve several requests).
+        let mut devices: Vec<PreparedDevice> = Vec::new();
+        for r in results.iter().filter(|r| r.driver == self.driver) {
+            if r.pool != self.node || self.inventory.gpu(&r.device).is_none() {
+                return Err(Error::UnknownDevice {
+                    claim: format!("{}/{}", wanted.namespace, wanted.name),
+                    pool: r.pool.clone(),
+                    device: r.device.clone(),
+                    node: self.node.clone(),
+                });
+            }
+            let admin = r.admin_access.unwrap_or(false);
+            match devices.iter_mut().find(|d| d.device_name == r.device) {
+                Some(d) => d.request_names.push(r.request.clone()),
+                None => devices.push(PreparedDevice {
+                    request_names: vec![r.request.clone()],
+                    pool_name: r.pool.clone(),
+                    device_name: r.device.clone(),
+                    cdi_device_ids: vec![cdi::device_id(&wanted.uid, &r.device)],
+                    admin_access: admin,
+                }),
+            }
+        }
+        for d in devices.iter().filter(|d| !d.admin_access) {
+            if let Some((uid, holder)) = self.holder_of(&d.device_name, &wanted.uid) {
+                return Err(Error::DeviceBusy {
+                    device: d.device_name.clone(),
+                    holder: format!("{}/{}", holder.namespace, holder.name),
+                    holder_uid: uid,
+                });
+            }
+        }
+
+        let record = |state| PreparedClaim {
+            state,
+            namespace: wanted.namespace.clone(),
+            name: wanted.name.clone(),
+            devices: devices.clone(),
+        };
+        self.checkpoint.data.prepared_claims.insert(wanted.uid.clone(), record(ClaimState::PrepareStarted));
+        self.checkpoint.save()?;
+        if !devices.is_empty() {
+            let gpus: Vec<_> = devices.iter().filter_map(|d| self.inventory.gpu(&d.device_name)).collect();
+            self.cdi.write(&wanted.uid, &cdi::claim_spec(&wanted.uid, &self.node, &gpus))?;
+        }
+        stall_if_asked("prepare-started");
+        self.checkpoint.data.prepared_claims.insert(wanted.uid.clone(), record(ClaimState::PrepareCompleted));
+        self.checkpoint.save()?;
+        Ok(devices)
+    }
+
+    fn holder_of(&self, device: &str, except_uid: &str) -> Option<(String, PreparedClaim)> {
+        self.prepared()
+            .iter()
+            .find(|(uid, c)| {
+                uid.as_str() != except_uid && c.devices.iter().any(|d| d.device_name == device && !d.admin_access)
+            })
+            .map(|(uid, c)| (uid.clone(), c.clone()))
+    }
+
+    /// Unprepares claim `uid`: removes its CDI spec and its record. Unknown UIDs succeed.
+    pub fn unprepare(&mut self, uid: &str) -> Result<(), Error> {
+        if !self.prepared().contains_key(uid) {
+            return Ok(());
+        }
+        self.cdi.remove(uid)?;
+        self.checkpoint.data.prepared_claims.remove(uid);
+        self.checkpoint.save()?;
+        Ok(())
+    }
+}
+
+/// Fault injection for crash tests: with `PHALANX_DRA_STALL_AT=<point>` in the
+/// environment the driver stops forever at that point (so a test can SIGKILL it there).
+/// The only point is `prepare-started`: after the CDI spec is written, before the
+/// checkpoint records the claim as completed.
+fn stall_if_asked(point: &str) {
+    if std::env::var("PHALANX_DRA_STALL_AT").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "PHALANX_DRA_STALL_AT: stalling here for a crash test");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::profile::{Profile, ProfileDiscovery};
+    use crate::discovery::{Discovery, NodeContext};
+    use serde_json::json;
+
+    fn claim(uid: &str, devices: &[&str], admin: bool) -> ResourceClaim {
+        let results: Vec<_> = devices
+            .iter()
+            .map(|d| json!({ "request": "gpu", "driver": "gpu.phalanx.dev", "pool": "n", "device": d, "adminAccess": admin }))
+            .chain([json!({ "request": "nic", "driver": "nic.phalanx.dev", "pool": "n", "device": "nic-0" })])
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": { "name": format!("c-{uid}"), "namespace": "ns", "uid": uid },
+            "spec": {},
+            "status": { "allocation": { "devices": { "results": results } } }
+        }))
+        .unwrap()
+    }
+
+    fn wanted(uid: &str) -> ClaimRef {
+        ClaimRef { namespace: "ns".into(), uid: uid.into(), name: format!("c-{uid}") }
+    }
+
+    fn state(dir: &std::path::Path) -> NodeState {
+        let inv =
+            ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
+        let cp = Checkpoint::load(&dir.join("checkpoint.json"), "boot").unwrap();
+        NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.join("cdi"))).unwrap().0
+    }
+
+    #[test]
+    fn prepare_is_idempotent_and_only_prepares_our_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        let a = s.prepare(&wanted("a"), &claim("a", &["gpu-0", "gpu-1"], false)).unwrap();
+        assert_eq!(a.len(), 2, "the NIC result belongs to another driver");
+        assert_eq!(a[0].cdi_device_ids, vec!["k8s.gpu.phalanx.dev/gpu=a-gpu-0"]);
+        assert!(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json").exists());
+        assert_eq!(s.prepare(&wanted("a"), &claim("a", &["gpu-0", "gpu-1"], false)).unwrap(), a);
+    }
+
+    #[test]
+    fn busy_devices_unallocated_and_replaced_claims_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        s.prepare(&wanted("a"), &claim("a", &["gpu-0"], false)).unwrap();
+        let err = s.prepare(&wanted("b"), &claim("b", &["gpu-0"], false)).unwrap_err();
+        assert!(matches!(err, Error::DeviceBusy { .. }), "{err}");
+        assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json").exists());
+        s.prepare(&wanted("adm"), &claim("adm", &["gpu-0"], true)).expect("admin access may share");
+        let err = s.prepare(&wanted("x"), &claim("y", &["gpu-2"], false)).unwrap_err();
+        assert!(matches!(err, Error::Replaced { .. }), "{err}");
+        let mut unallocated = claim("u", &[], false);
+        unallocated.status = None;
+        assert!(matches!(s.prepare(&wanted("u"), &unallocated), Err(Error::NotAllocated(_))));
+        let err = s.prepare(&wanted("z"), &claim("z", &["gpu-9"], false)).unwrap_err();
+        assert!(matches!(err, Error::UnknownDevice { .. }), "{err}");
+    }
+
+    #[test]
+    fn unprepare_frees_the_device_and_unknown_uids_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        s.prepare(&wanted("a"), &claim("a", &["gpu-0"], false)).unwrap();
+        s.unprepare("a").unwrap();
+        assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json").exists());
+        s.unprepare("a").unwrap();
+        s.unprepare("never-seen").unwrap();
+        s.prepare(&wanted("b"), &claim("b", &["gpu-0"], false)).expect("device free again");
+    }
+
+    #[test]
+    fn recovery_keeps_completed_and_drops_started_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        s.prepare(&wanted("a"), &claim("a", &["gpu-0"], false)).unwrap();
+        // Simulate a crash between PrepareStarted and PrepareCompleted for claim b.
+        s.checkpoint.data.prepared_claims.insert(
+            "b".into(),
+            PreparedClaim {
+                state: ClaimState::PrepareStarted,
+                namespace: "ns".into(),
+                name: "c-b".into(),
+                devices: vec![],
+            },
+        );
+        s.checkpoint.save().unwrap();
+        std::fs::write(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json"), "{").unwrap();
+        let inv = s.inventory.clone();
+        let cp = Checkpoint::load(&dir.path().join("checkpoint.json"), "boot").unwrap();
+        let (s2, rec) =
+            NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.path().join("cdi"))).unwrap();
+        assert_eq!(rec, Recovery { completed: 1, abandoned: vec!["b".into()] });
+        assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json").exists());
+        assert!(s2.already_prepared("a").is_some());
+    }
+}
