@@ -64,7 +64,7 @@ pub async fn apply_deploy_file(client: &kube::Client, file: &str) {
 use serde::Deserialize;
 
 pub async fn device_classes(client: &kube::Client) {
-    apply_deploy_file(client, "deviceclasses.yaml").await;
+    apply_deploy_file(client, "dra-driver/deviceclasses.yaml").await;
     let classes: Api<DeviceClass> = Api::all(client.clone());
     assert!(classes.get_opt("gpu.phalanx.dev").await.unwrap().is_some());
 }
