@@ -2,3 +2,4 @@
 //! Kubernetes client, no async runtime, no clock.
 
 pub mod dra;
+pub mod placement;
