@@ -170,7 +170,8 @@ def nvl72_racks():
 
 
 def mixed_pd():
-    objs = classes() + [template("gb200-2", 2), template("h100-2", 2, selector="device.attributes['gpu.phalanx.dev'].productName.startsWith('NVIDIA H100')"),
+    objs = classes() + [template("gb200-4", 4, selector="device.attributes['gpu.phalanx.dev'].productName == 'NVIDIA GB200'"),
+                        template("h100-2", 2, selector="device.attributes['gpu.phalanx.dev'].productName.startsWith('NVIDIA H100')"),
                         template("l40s-1", 1)]
     for n in range(2):
         objs += hgx(f"hgx-{n}", {"topology.kubernetes.io/zone": "z1", "phalanx.dev/rack": "r1"})
@@ -185,7 +186,7 @@ def mixed_pd():
           "phalanx.dev/kv-bytes-per-token": "327680", "phalanx.dev/typical-isl": "8192",
           "phalanx.dev/gang-min-members": "4"}
     for role, k in (("prefill", 0), ("prefill", 1), ("decode", 0), ("decode", 1)):
-        objs.append(pod(f"llama-{role}-{k}", "gb200-2",
+        objs.append(pod(f"llama-{role}-{k}", "gb200-4",
                         {"phalanx.dev/gang": "llama70b", "phalanx.dev/role": role, "phalanx.dev/pd-group": "llama70b-0"}, kv))
     kv2 = {"phalanx.dev/kv-domain": "node", "phalanx.dev/kv-domain-policy": "preferred",
            "phalanx.dev/kv-bytes-per-token": "131072", "phalanx.dev/typical-isl": "4096",
