@@ -348,3 +348,89 @@ fn unknown_topology_level_is_reported() {
         o => panic!("{o:?}"),
     }
 }
+
+#[test]
+fn members_beyond_the_minimum_are_placed_when_they_fit() {
+    // 3 pods, min 2, room for 2 × 8 GPUs: the gang starts with 2; the third waits.
+    let mut c = Cluster::new();
+    c.node("n0", &[], &gpus8("n0", 1, None), false).node("n1", &[], &gpus8("n1", 1, None), false);
+    for k in 0..3 {
+        c.pod(&format!("w{k}"), 8, 0, &[("phalanx.dev/gang", "g")], &[("phalanx.dev/gang-min-members", "2")]);
+    }
+    let (_, out) = c.place(&["g"]);
+    let p = plan(&out[0]);
+    assert_eq!(p.members.len(), 2);
+    assert_eq!(p.unplaced_optional.len(), 1);
+    // min 3: nothing at all
+    let mut c = Cluster::new();
+    c.node("n0", &[], &gpus8("n0", 1, None), false).node("n1", &[], &gpus8("n1", 1, None), false);
+    for k in 0..3 {
+        c.pod(&format!("w{k}"), 8, 0, &[("phalanx.dev/gang", "g")], &[("phalanx.dev/gang-min-members", "3")]);
+    }
+    let (_, out) = c.place(&["g"]);
+    assert!(matches!(out[0], GangOutcome::Pending(_)));
+}
+
+#[test]
+fn a_role_minimum_is_met_before_other_members() {
+    // Room for one 8-GPU pod. Role "leader" needs 1; the workers are optional.
+    let mut c = Cluster::new();
+    c.node("n0", &[], &gpus8("n0", 1, None), false);
+    let ann = [("phalanx.dev/gang-min-members", "1"), ("phalanx.dev/gang-min-leader", "1")];
+    c.pod("a-worker", 8, 0, &[("phalanx.dev/gang", "g"), ("phalanx.dev/role", "worker")], &ann);
+    c.pod("z-leader", 8, 0, &[("phalanx.dev/gang", "g"), ("phalanx.dev/role", "leader")], &ann);
+    let (_, out) = c.place(&["g"]);
+    let p = plan(&out[0]);
+    assert_eq!(p.members.iter().map(|m| m.pod.name.as_str()).collect::<Vec<_>>(), ["z-leader"]);
+}
+
+#[test]
+fn a_role_level_requirement_holds_inside_a_wider_gang() {
+    // Grove-style: the gang may span racks, the "tp" role must share a node.
+    let mut c = two_racks();
+    c.allocated("a0", &["gpu-0", "gpu-1", "gpu-2", "gpu-3"]);
+    let pods: Vec<String> = (0..2).map(|k| format!("tp-{k}")).collect();
+    for p in &pods {
+        c.pod(p, 4, 0, &[], &[]);
+    }
+    c.pod("other", 8, 0, &[], &[]);
+    let refs = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| phalanx_gang::crd::NamespacedName { namespace: "ml".into(), name: n.to_string() })
+            .collect()
+    };
+    c.snap.pod_gangs.push(phalanx_gang::crd::PodGang {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("pg".into()),
+            namespace: Some("ml".into()),
+            ..Default::default()
+        },
+        spec: phalanx_gang::crd::PodGangSpec {
+            podgroups: vec![
+                phalanx_gang::crd::GrovePodGroup {
+                    name: "tp".into(),
+                    pod_references: refs(&["tp-0", "tp-1"]),
+                    min_replicas: 2,
+                    topology_constraint: Some(phalanx_gang::crd::GroveTopologyConstraint {
+                        pack_constraint: Some(phalanx_gang::crd::GrovePackConstraint {
+                            required: Some("kubernetes.io/hostname".into()),
+                            preferred: None,
+                        }),
+                    }),
+                },
+                phalanx_gang::crd::GrovePodGroup {
+                    name: "other".into(),
+                    pod_references: refs(&["other"]),
+                    min_replicas: 1,
+                    topology_constraint: None,
+                },
+            ],
+            ..Default::default()
+        },
+    });
+    let (_, out) = c.place(&["pg"]);
+    let p = plan(&out[0]);
+    let node_of = |n: &str| p.members.iter().find(|m| m.pod.name == n).unwrap().node.clone();
+    assert_eq!(node_of("tp-0"), node_of("tp-1"), "the tp role shares a node");
+}

@@ -20,6 +20,9 @@ use super::{
 };
 use crate::dra::{AllocatedState, Allocator, DraSnapshot, Features};
 
+/// Reasons kept per pending gang.
+const MAX_REASONS: usize = 100;
+
 /// Places gangs against a snapshot, keeping the devices of placed gangs taken.
 pub struct Placer {
     topo: ClusterTopology,
@@ -705,6 +708,11 @@ impl Search<'_> {
                     Err(why) => reasons.push(DomainReason { domain: "cluster".into(), reason: why }),
                 },
             }
+        }
+        if reasons.len() > MAX_REASONS {
+            let more = reasons.len() - MAX_REASONS;
+            reasons.truncate(MAX_REASONS);
+            reasons.push(DomainReason { domain: "…".into(), reason: format!("{more} more domains rejected") });
         }
         let level_name = self.topo.config().levels()[top].name.clone();
         let msg = if self.attempts >= self.budget {
