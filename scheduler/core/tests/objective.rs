@@ -434,3 +434,18 @@ fn a_role_level_requirement_holds_inside_a_wider_gang() {
     let node_of = |n: &str| p.members.iter().find(|m| m.pod.name == n).unwrap().node.clone();
     assert_eq!(node_of("tp-0"), node_of("tp-1"), "the tp role shares a node");
 }
+
+#[test]
+fn a_snapshot_with_a_node_twice_is_refused() {
+    let mut c = two_racks();
+    let dup = c.snap.nodes[0].clone();
+    c.snap.nodes.push(dup);
+    let err = phalanx_scheduler_core::placement::Placer::new(
+        &c.snap,
+        &phalanx_topology::TopologyConfig::default(),
+        Default::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("node \"a0\" appears twice"), "{err}");
+}

@@ -173,12 +173,15 @@ impl GangOutcome {
     }
 }
 
-/// Failures building a [`Placer`].
-#[derive(Debug, thiserror::Error)]
+/// Failures building a [`Placer`]: snapshots that cannot describe one cluster.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlacementError {
-    /// The DRA snapshot could not be built.
-    #[error("building the DRA snapshot: {0}")]
-    Dra(String),
+    /// Two Nodes share a name (e.g. snapshot files merged twice).
+    #[error("node {0:?} appears twice in the snapshot; keep one copy of each Node")]
+    DuplicateNode(String),
+    /// A Node without `metadata.name`.
+    #[error("a Node in the snapshot has no metadata.name")]
+    UnnamedNode,
 }
 
 /// Checks one claim allocation of a plan with the DRA allocator's own validation.

@@ -58,6 +58,13 @@ impl Placer {
         config: &TopologyConfig,
         options: PlacementOptions,
     ) -> Result<Self, PlacementError> {
+        let mut seen = HashSet::new();
+        for n in &snapshot.nodes {
+            let name = n.metadata.name.as_deref().ok_or(PlacementError::UnnamedNode)?;
+            if !seen.insert(name) {
+                return Err(PlacementError::DuplicateNode(name.to_string()));
+            }
+        }
         let topo = ClusterTopology::build(config, &snapshot.nodes, &snapshot.resource_slices);
         let dra = DraSnapshot::new(&snapshot.device_classes, &snapshot.resource_slices, Features::all())
             .with_nodes(&snapshot.nodes);
