@@ -98,7 +98,12 @@ pub fn run(snapshot: &Snapshot, config: &TopologyConfig, scheduler_name: &str) -
 }
 
 /// Loads files, runs, renders.
-pub fn run_files(paths: &[impl AsRef<Path>], topology: Option<&Path>, scheduler_name: &str, json: bool) -> Result<String> {
+pub fn run_files(
+    paths: &[impl AsRef<Path>],
+    topology: Option<&Path>,
+    scheduler_name: &str,
+    json: bool,
+) -> Result<String> {
     let snapshot = crate::snapshot::load_files(paths)?;
     let config = match topology {
         Some(p) => {
@@ -143,7 +148,14 @@ fn devices(list: &[String]) -> String {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     for g in &r.gangs {
-        let _ = write!(s, "gang {} ({}, {} pending, min {})", g.gang, source_name(g.source), g.pending_members, g.min_members);
+        let _ = write!(
+            s,
+            "gang {} ({}, {} pending, min {})",
+            g.gang,
+            source_name(g.source),
+            g.pending_members,
+            g.min_members
+        );
         match &g.outcome {
             GangOutcome::Placed(p) => {
                 let _ = writeln!(s, ": placed in {}, score {:.3}", p.domain, p.score);
@@ -170,7 +182,9 @@ pub fn render(r: &Report) -> String {
                         k.pd_group,
                         k.link,
                         k.gbps,
-                        k.seconds_per_request.map(|t| format!(", ~{:.1} ms KV per request", t * 1e3)).unwrap_or_default(),
+                        k.seconds_per_request
+                            .map(|t| format!(", ~{:.1} ms KV per request", t * 1e3))
+                            .unwrap_or_default(),
                         if k.in_kv_domain { "" } else { ", outside its KV domain" }
                     );
                 }

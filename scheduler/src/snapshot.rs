@@ -38,12 +38,8 @@ fn take<T: DeserializeOwned>(v: serde_yaml::Value, what: &str, name: &str) -> Re
 fn add_value(snap: &mut Snapshot, v: serde_yaml::Value) -> Result<()> {
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
     let api = v.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-    let name = v
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("<unnamed>")
-        .to_string();
+    let name =
+        v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("<unnamed>").to_string();
     if kind.ends_with("List") {
         if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
             for item in items.clone() {

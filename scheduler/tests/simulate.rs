@@ -45,7 +45,9 @@ fn every_example_snapshot_simulates() {
                     let score = g["score"].as_f64().expect("score");
                     assert!((0.0..=1.0).contains(&score), "{name}: score {score}");
                 }
-                Some("pending") => assert!(!g["message"].as_str().unwrap_or("").is_empty(), "{name}: pending without reason"),
+                Some("pending") => {
+                    assert!(!g["message"].as_str().unwrap_or("").is_empty(), "{name}: pending without reason")
+                }
                 other => panic!("{name}: outcome {other:?}"),
             }
         }
@@ -82,7 +84,11 @@ fn nvl72_racks_keep_each_gang_in_one_nvlink_domain() {
             g["members"].as_array().unwrap().iter().map(|m| m["nvlink_domain"].as_str().unwrap()).collect();
         assert_eq!(domains.len(), 1, "{name}");
     }
-    assert_ne!(gang(&r, "serve-0")["domain"], gang(&r, "finetune")["domain"], "the second gang does not fit the first rack");
+    assert_ne!(
+        gang(&r, "serve-0")["domain"],
+        gang(&r, "finetune")["domain"],
+        "the second gang does not fit the first rack"
+    );
     assert_eq!(gang(&r, "pretrain")["outcome"], "pending");
 }
 
