@@ -2,9 +2,16 @@
 //! kubelet sends only the claim's UID, namespace and name).
 //!
 //! One JSON file `{checksum, v1}` where `checksum` is the SHA-256 of the canonical JSON of
-//! `v1`. It is replaced atomically (write a temp file, fsync, rename, fsync the
-//! directory), so a crash leaves either the old or the new state, never half of one; a
-//! file that fails its checksum is reported, never silently trusted or dropped.
+//! `v1`. It is replaced atomically (write a temp file, rename it over the old one), so a
+//! crashed driver leaves either the old or the new state, never half of one; a file that
+//! fails its checksum is reported, never silently trusted or dropped.
+//!
+//! No fsync, on purpose: only a kernel crash or power loss can lose what was written,
+//! and both reboot the node, which undoes every preparation anyway (the entries carry
+//! the boot ID and are dropped on the next boot). A file damaged by such a loss is
+//! older than the current boot and is discarded with a warning; a damaged file written
+//! during this boot is an error. This keeps NodePrepareResources off the disk's flush
+//! latency.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -101,6 +108,27 @@ fn checksum(data: &Data) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
 }
 
+fn verify(bytes: &[u8]) -> Result<Data, String> {
+    let file: File = serde_json::from_slice(bytes).map_err(|e| format!("not a checkpoint: {e}"))?;
+    let actual = checksum(&file.v1);
+    if actual != file.checksum {
+        return Err(format!("checksum {} does not match content ({actual})", file.checksum));
+    }
+    Ok(file.v1)
+}
+
+/// Whether `path` was last written before this boot (per `/proc/stat` btime).
+fn written_before_boot(path: &Path) -> bool {
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<u64>().ok()));
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (boot, modified.and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())) {
+        (Some(boot), Some(modified)) => modified.as_secs() < boot,
+        _ => false,
+    }
+}
+
 /// The checkpoint file and its current content.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -115,14 +143,14 @@ impl Checkpoint {
     pub fn load(path: &Path, boot_id: &str) -> Result<Checkpoint, Error> {
         let data = match std::fs::read(path) {
             Ok(bytes) => {
-                let corrupt = |reason: String| Error::Corrupt { path: path.to_owned(), reason };
-                let file: File =
-                    serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a checkpoint: {e}")))?;
-                let actual = checksum(&file.v1);
-                if actual != file.checksum {
-                    return Err(corrupt(format!("checksum {} does not match content ({actual})", file.checksum)));
-                }
-                let mut data = file.v1;
+                let mut data = match verify(&bytes) {
+                    Ok(data) => data,
+                    Err(reason) if written_before_boot(path) => {
+                        tracing::warn!(path = %path.display(), reason, "discarding a damaged checkpoint from before the last boot");
+                        Data::default()
+                    }
+                    Err(reason) => return Err(Error::Corrupt { path: path.to_owned(), reason }),
+                };
                 if data.node_boot_id != boot_id {
                     data.prepared_claims.clear();
                     data.node_boot_id = boot_id.to_owned();
@@ -150,19 +178,21 @@ impl Checkpoint {
     }
 }
 
-/// Replaces `path` with `bytes` atomically: temp file in the same directory, fsync,
-/// rename, fsync the directory.
+/// Replaces `path` with `bytes` atomically against process crashes: a temp file in the
+/// same directory renamed over it (see the module docs for why there is no fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|f| f.to_str()).unwrap_or("checkpoint")));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let mut f = match std::fs::File::create(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::File::create(&tmp)?
+        }
+        other => other?,
+    };
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// This boot's ID (`/proc/sys/kernel/random/boot_id`), or an empty string where the
@@ -208,6 +238,11 @@ mod tests {
 
         std::fs::write(&path, b"{\"checks").unwrap();
         assert!(matches!(Checkpoint::load(&path, "boot-1"), Err(Error::Corrupt { .. })));
+
+        // Damaged before the last boot (power loss): discarded, not fatal.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        assert!(Checkpoint::load(&path, "boot-1").unwrap().data.prepared_claims.is_empty());
     }
 
     #[test]

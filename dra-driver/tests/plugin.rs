@@ -69,6 +69,10 @@ impl Paths {
 }
 
 fn spawn_driver(env: &TestEnv, paths: &Paths, stall: bool) -> Driver {
+    spawn_driver_with(env, paths, stall, &[])
+}
+
+fn spawn_driver_with(env: &TestEnv, paths: &Paths, stall: bool, extra: &[&str]) -> Driver {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let stderr = paths.root.join(format!("driver-{n}.log"));
@@ -80,6 +84,7 @@ fn spawn_driver(env: &TestEnv, paths: &Paths, stall: bool) -> Driver {
         .arg(paths.cdi())
         .arg("--fault-file")
         .arg(paths.faults())
+        .args(extra)
         .env("KUBECONFIG", env.kubeconfig_path())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -147,7 +152,7 @@ fn read_env(spec: &Path) -> Vec<String> {
 async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     let (env, paths) = setup().await;
     let client = env.client();
-    let mut driver = spawn_driver(&env, &paths, false);
+    let mut driver = spawn_driver_with(&env, &paths, false, &["--remove-slices-on-exit"]);
 
     let info = registered(&mut driver, &paths).await;
     assert_eq!(info.r#type, "DRAPlugin");
@@ -248,7 +253,15 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
         s.and_then(|s| s.spec.devices.as_ref()).is_some_and(|d| d.iter().all(|d| d.taints.is_none()))
     })
     .await;
-    driver.child.kill().await.unwrap();
+
+    // SIGTERM with --remove-slices-on-exit: the slices go, the sockets go, exit 0.
+    let pid = driver.child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(TIMEOUT, driver.child.wait()).await.expect("driver stops").unwrap();
+    assert!(status.success(), "{status}:\n{}", driver.stderr());
+    assert!(slices_of(&client, "gpu.phalanx.dev", NODE).await.is_empty());
+    assert!(slices_of(&client, "nic.phalanx.dev", NODE).await.is_empty());
+    assert!(!paths.registration().exists() && !paths.service().exists());
 }
 
 #[tokio::test]

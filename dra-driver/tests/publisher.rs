@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
@@ -49,6 +48,45 @@ async fn every_profile_is_accepted_and_republishing_is_a_no_op() {
         assert_eq!(publisher.reconcile(&gpu_key).await.unwrap(), Outcome::Unchanged, "{profile}");
         assert_eq!(publisher.reconcile(&nic_key).await.unwrap(), Outcome::Unchanged, "{profile}");
     }
+}
+
+#[tokio::test]
+async fn publish_command_serves_many_nodes_from_one_process() {
+    let env = TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane");
+    let client = env.client();
+    for i in 0..20 {
+        let clique = if i < 2 { json!({ "nvidia.com/gpu.clique": "rack-a.1" }) } else { json!({}) };
+        let mut labels = json!({ "bulk": "yes" });
+        labels.as_object_mut().unwrap().extend(clique.as_object().unwrap().clone());
+        create_node(&client, &format!("tray-{i:02}"), labels).await;
+    }
+    create_node(&client, "other", json!({})).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_phalanx-dra-driver"))
+        .args(["publish", "--profile", "gb200-nvl72", "--node-selector", "bulk=yes", "--once"])
+        .env("KUBECONFIG", env.kubeconfig_path())
+        .output()
+        .await
+        .expect("publish runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("published 40 pools"), "{stderr}");
+    let domain = |node: &str| {
+        let client = client.clone();
+        let node = node.to_owned();
+        async move {
+            let slices = slices_of(&client, GPU_DRIVER, &node).await;
+            let devices = slices[0].spec.devices.clone().unwrap();
+            assert_eq!(devices.len(), 4);
+            devices[0].attributes.as_ref().unwrap()["nvlinkDomain"].string.clone().unwrap()
+        }
+    };
+    assert_eq!(domain("tray-00").await, "rack-a.1", "from the node label");
+    // Without the label, nodes group 18 per domain in name order: tray-02..tray-17 with
+    // indexes 2..17 share domain 0, tray-18 and tray-19 are in the next one.
+    assert_eq!(domain("tray-02").await, domain("tray-17").await);
+    assert_ne!(domain("tray-17").await, domain("tray-18").await);
+    assert!(slices_of(&client, GPU_DRIVER, "other").await.is_empty());
+    assert_eq!(slices_of(&client, NIC_DRIVER, "tray-05").await[0].spec.devices.as_ref().unwrap().len(), 4);
 }
 
 fn claim(name: &str, spec: serde_json::Value) -> ResourceClaim {
@@ -251,5 +289,4 @@ async fn publisher_repairs_drift_follows_changes_and_cleans_up() {
     publisher.remove_all().await.expect("removed");
     assert!(slices_of(&client, GPU_DRIVER, "drift").await.is_empty());
     assert!(slices_of(&client, NIC_DRIVER, "drift").await.is_empty());
-    let _ = Duration::ZERO;
 }

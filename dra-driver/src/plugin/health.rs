@@ -21,6 +21,7 @@ pub struct HealthService {
     node: String,
     state: Arc<Mutex<NodeState>>,
     faults: watch::Receiver<Faults>,
+    stop: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for HealthService {
@@ -30,9 +31,15 @@ impl std::fmt::Debug for HealthService {
 }
 
 impl HealthService {
-    /// Reports the GPUs of `state` (pool `node`) as `faults` says.
-    pub fn new(node: String, state: Arc<Mutex<NodeState>>, faults: watch::Receiver<Faults>) -> Self {
-        HealthService { node, state, faults }
+    /// Reports the GPUs of `state` (pool `node`) as `faults` says; streams end when
+    /// `stop` turns true (so a graceful shutdown does not wait on them forever).
+    pub fn new(
+        node: String,
+        state: Arc<Mutex<NodeState>>,
+        faults: watch::Receiver<Faults>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        HealthService { node, state, faults, stop }
     }
 
     async fn snapshot(&self, faults: &Faults) -> NodeWatchResourcesResponse {
@@ -71,7 +78,11 @@ impl DraResourceHealth for HealthService {
         rx.mark_changed();
         let service = self.clone();
         let stream = futures::stream::unfold((rx, service), |(mut rx, service)| async move {
-            rx.changed().await.ok()?;
+            let mut stop = service.stop.clone();
+            tokio::select! {
+                changed = rx.changed() => changed.ok()?,
+                _ = stop.wait_for(|s| *s) => return None,
+            }
             let faults = rx.borrow_and_update().clone();
             let message = service.snapshot(&faults).await;
             Some((Ok(message), (rx, service)))

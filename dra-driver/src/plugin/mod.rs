@@ -85,8 +85,9 @@ pub async fn serve(
     let service_listener = uds::bind(&service_path)?;
     let registration_listener = uds::bind(&registration_path)?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     let dra = dra::DraService::new(state.clone(), client);
-    let health = health::HealthService::new(node, state, faults);
+    let health = health::HealthService::new(node, state, faults, stop_rx.clone());
     let registration = registration::RegistrationService::new(
         proto::pluginregistration::PluginInfo {
             r#type: "DRAPlugin".into(),
@@ -97,7 +98,6 @@ pub async fn serve(
         registered,
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
