@@ -449,3 +449,21 @@ fn a_snapshot_with_a_node_twice_is_refused() {
     .expect("refused");
     assert!(err.to_string().contains("node \"a0\" appears twice"), "{err}");
 }
+
+#[test]
+fn best_fit_search_reaches_past_the_first_chunk_of_nodes() {
+    // 150 nodes; the fullest 149 are excluded by the pod's nodeSelector, so the search
+    // must go past the first chunks of the best-fit index.
+    let mut c = Cluster::new();
+    for i in 0..150 {
+        let n = format!("n{i:03}");
+        c.node(&n, &[], &gpus(&n, 4, 1, None), false);
+        if i != 149 {
+            c.allocated(&n, &["gpu-0", "gpu-1"]);
+        }
+    }
+    let p = c.pod("p", 1, 0, &[], &[]);
+    p.spec.as_mut().unwrap().node_selector = Some([("kubernetes.io/hostname".to_string(), "n149".to_string())].into());
+    let (_, out) = c.place(&["p"]);
+    assert_eq!(nodes(plan(&out[0])), ["n149"]);
+}

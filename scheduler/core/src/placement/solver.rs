@@ -20,6 +20,12 @@ use super::{
 };
 use crate::dra::{AllocatedState, Allocator, DraSnapshot, Features};
 
+/// Position in the free-count index: `(free devices, node)`.
+type Cursor = (u32, NodeIdx);
+
+/// Node-level candidates taken from the free-count index at a time.
+const NODE_CHUNK: usize = 64;
+
 /// Reasons kept per pending gang.
 const MAX_REASONS: usize = 100;
 
@@ -625,7 +631,11 @@ impl Search<'_> {
         let mut all_tried: HashMap<(NodeIdx, usize), Tried> = HashMap::new();
         let n_required = self.prep.specs.iter().filter(|s| s.required).count();
         for level in (top..=node_level).rev() {
-            let cands = self.candidates(level, &need, n_required);
+            // A level whose every domain is a single node (e.g. HGX NVLink domains) was
+            // tried at the node level already; only its reasons may be needed.
+            if level != node_level && level != top && self.topo.level_domains(level).len() == self.topo.nodes().len() {
+                continue;
+            }
             let mut best: Option<Found> = None;
             let mut level_tried: HashMap<(NodeIdx, usize), Tried> = HashMap::new();
             // First only each member's best locality variant (a claim's GPUs in one
@@ -633,61 +643,71 @@ impl Search<'_> {
             for strict in [true, false] {
                 self.strict = strict;
                 let mut extra = 0;
-                for (dom, agg) in cands.iter().cloned() {
-                    let d = &self.topo.domains()[dom];
-                    let key = (d.nodes[0], d.nodes.len());
-                    if let Some(prev) = all_tried.get(&key) {
-                        // Same nodes as a narrower domain already tried.
-                        if !strict && level == top {
-                            let why = match prev {
-                                Tried::Misfit => self.aggregate_misfit(Some(dom), &need),
-                                Tried::Failed(w) => Some(w.clone()),
-                                Tried::Placed => None,
-                            };
-                            if let Some(why) = why {
-                                reasons.push(DomainReason { domain: self.topo.domain_name(dom), reason: why });
-                            }
-                        }
-                        continue;
-                    }
-                    if agg {
-                        if !strict {
-                            if level == top
-                                && let Some(why) = self.aggregate_misfit(Some(dom), &need)
-                            {
-                                reasons.push(DomainReason { domain: self.topo.domain_name(dom), reason: why });
-                            }
-                            level_tried.insert(key, Tried::Misfit);
-                        }
-                        continue;
-                    }
-                    match self.solve_in(Some(dom)) {
-                        Ok(found) => {
-                            level_tried.insert(key, Tried::Placed);
-                            let perfect = found.breakdown.locality >= 1.0 && found.breakdown.kv >= 1.0;
-                            if best.as_ref().is_none_or(|b| found.score > b.score) {
-                                best = Some(found);
-                            }
-                            if perfect {
-                                break;
-                            }
-                            extra += 1;
-                            if extra > self.alternatives {
-                                break;
-                            }
-                        }
-                        Err(why) => {
-                            if !strict {
-                                if level == top {
-                                    reasons
-                                        .push(DomainReason { domain: self.topo.domain_name(dom), reason: why.clone() });
+                let mut cursor = None;
+                loop {
+                    let (cands, next) = self.candidates(level, &need, n_required, cursor);
+                    let mut stop = false;
+                    for (dom, agg) in cands {
+                        let d = &self.topo.domains()[dom];
+                        let key = (d.nodes[0], d.nodes.len());
+                        if let Some(prev) = all_tried.get(&key) {
+                            // Same nodes as a narrower domain already tried.
+                            if !strict && level == top {
+                                let why = match prev {
+                                    Tried::Misfit => self.aggregate_misfit(Some(dom), &need),
+                                    Tried::Failed(w) => Some(w.clone()),
+                                    Tried::Placed => None,
+                                };
+                                if let Some(why) = why {
+                                    reasons.push(DomainReason { domain: self.topo.domain_name(dom), reason: why });
                                 }
-                                level_tried.insert(key, Tried::Failed(why));
+                            }
+                            continue;
+                        }
+                        if agg {
+                            if !strict {
+                                if level == top
+                                    && let Some(why) = self.aggregate_misfit(Some(dom), &need)
+                                {
+                                    reasons.push(DomainReason { domain: self.topo.domain_name(dom), reason: why });
+                                }
+                                level_tried.insert(key, Tried::Misfit);
+                            }
+                            continue;
+                        }
+                        match self.solve_in(Some(dom)) {
+                            Ok(found) => {
+                                level_tried.insert(key, Tried::Placed);
+                                let perfect = found.breakdown.locality >= 1.0 && found.breakdown.kv >= 1.0;
+                                if best.as_ref().is_none_or(|b| found.score > b.score) {
+                                    best = Some(found);
+                                }
+                                extra += 1;
+                                if perfect || extra > self.alternatives {
+                                    stop = true;
+                                    break;
+                                }
+                            }
+                            Err(why) => {
+                                if !strict {
+                                    if level == top {
+                                        reasons.push(DomainReason {
+                                            domain: self.topo.domain_name(dom),
+                                            reason: why.clone(),
+                                        });
+                                    }
+                                    level_tried.insert(key, Tried::Failed(why));
+                                }
                             }
                         }
+                        if self.attempts >= self.budget {
+                            stop = true;
+                            break;
+                        }
                     }
-                    if self.attempts >= self.budget {
-                        break;
+                    match next {
+                        Some(n) if !stop => cursor = Some(n),
+                        _ => break,
                     }
                 }
                 if best.is_some() || self.attempts >= self.budget {
@@ -738,7 +758,16 @@ impl Search<'_> {
     }
 
     /// Domains of a level, with the aggregate misfit (if any), best fit first.
-    fn candidates(&self, level: usize, need: &BTreeMap<usize, u32>, n_required: usize) -> Vec<(DomainIdx, bool)> {
+    /// At the node level the candidates come from the free-count index in chunks:
+    /// `cursor` resumes after the previous chunk, and the second value is the cursor of
+    /// the next one (`None`: no more).
+    fn candidates(
+        &self,
+        level: usize,
+        need: &BTreeMap<usize, u32>,
+        n_required: usize,
+        cursor: Option<Cursor>,
+    ) -> (Vec<(DomainIdx, bool)>, Option<Cursor>) {
         let node_level = self.n_levels() - 1;
         let primary = self.prep.primary;
         let primary_need = primary.and_then(|p| need.get(&p).copied()).unwrap_or(0);
@@ -746,22 +775,16 @@ impl Search<'_> {
             // Best fit from the free-count index, no scan of every node.
             let p = primary.expect("primary driver");
             // Other drivers are checked per node by the search.
-            let v: Vec<(DomainIdx, bool)> = self
-                .st
-                .capacity
-                .nodes_with_free(p, primary_need)
-                .map(|(_, n)| (self.topo.domain_of(n, level), false))
-                .take(4096)
-                .collect();
-            if v.is_empty() && level == self.prep.required.unwrap_or(0) {
-                return self
-                    .topo
-                    .level_domains(level)
-                    .iter()
-                    .map(|&d| (d, !self.aggregate_fits(Some(d), need)))
-                    .collect();
+            let start = cursor.unwrap_or((primary_need, 0));
+            let chunk: Vec<(u32, NodeIdx)> =
+                self.st.capacity.nodes_with_free(p, start.0).skip_while(|&x| x < start).take(NODE_CHUNK).collect();
+            let next = (chunk.len() == NODE_CHUNK).then(|| chunk.last().map(|&(f, n)| (f, n + 1))).flatten();
+            if chunk.is_empty() && cursor.is_none() && level == self.prep.required.unwrap_or(0) {
+                let all =
+                    self.topo.level_domains(level).iter().map(|&d| (d, !self.aggregate_fits(Some(d), need))).collect();
+                return (all, None);
             }
-            return v;
+            return (chunk.into_iter().map(|(_, n)| (self.topo.domain_of(n, level), false)).collect(), next);
         }
         let mut v: Vec<(DomainIdx, bool, u32)> = self
             .topo
@@ -774,11 +797,10 @@ impl Search<'_> {
             .collect();
         // Feasible first, then fullest (fewest free), then name.
         v.sort_by(|a, b| {
-            a.1.cmp(&b.1)
-                .then(a.2.cmp(&b.2))
-                .then_with(|| self.topo.domains()[a.0].value.cmp(&self.topo.domains()[b.0].value))
+            // Ties by domain index: domains are numbered in node-name order.
+            a.1.cmp(&b.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0))
         });
-        v.into_iter().map(|(d, a, _)| (d, a)).collect()
+        (v.into_iter().map(|(d, a, _)| (d, a)).collect(), None)
     }
 
     /// Node order inside a domain: the sub-domains with the most free devices first
