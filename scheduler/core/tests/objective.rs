@@ -273,6 +273,29 @@ fn feasibility_node_rules() {
             reason: "insufficient cpu",
         },
         Case {
+            name: "pod count",
+            setup: |c| {
+                for n in &mut c.snap.nodes {
+                    let a = n.status.as_mut().unwrap().allocatable.as_mut().unwrap();
+                    a.insert("pods".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("0".into()));
+                }
+            },
+            want: None,
+            reason: "too many pods",
+        },
+        Case {
+            name: "memory",
+            setup: |c| {
+                let p = c.snap.pods.last_mut().unwrap();
+                p.spec.as_mut().unwrap().containers[0].resources.as_mut().unwrap().requests = Some(
+                    [("memory".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("3Ti".into()))]
+                        .into(),
+                );
+            },
+            want: None,
+            reason: "insufficient memory",
+        },
+        Case {
             name: "both tainted",
             setup: |c| {
                 c.taint("n0", "gpu").taint("n1", "gpu");
