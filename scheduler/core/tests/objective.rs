@@ -490,3 +490,21 @@ fn best_fit_search_reaches_past_the_first_chunk_of_nodes() {
     let (_, out) = c.place(&["p"]);
     assert_eq!(nodes(plan(&out[0])), ["n149"]);
 }
+
+#[test]
+fn fragmentation_is_caught_without_trying_every_permutation() {
+    // 12 pods × 5 GPUs on 11 nodes of 8: 88 free GPUs ≥ 60 needed, but each node holds
+    // one pod only. The gang must be refused quickly, not after 11! attempts.
+    let mut c = Cluster::new();
+    for i in 0..11 {
+        let n = format!("n{i:02}");
+        c.node(&n, &[], &gpus8(&n, 1, None), false);
+    }
+    for k in 0..12 {
+        c.pod(&format!("w{k:02}"), 5, 0, &[("phalanx.dev/gang", "g")], &[]);
+    }
+    let t = std::time::Instant::now();
+    let (_, out) = c.place(&["g"]);
+    assert!(matches!(out[0], GangOutcome::Pending(_)), "{:?}", out[0]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "took {:?}", t.elapsed());
+}

@@ -548,6 +548,8 @@ struct Dfs {
     group_cnt: Vec<u32>,
     /// Undo-log position before member `i` was placed.
     marks: Vec<usize>,
+    /// Why the search was cut before placing anyone.
+    prune_reason: Option<String>,
     fail_member: usize,
     fail_reasons: BTreeMap<String, u32>,
     exhausted: bool,
@@ -840,6 +842,7 @@ impl Search<'_> {
             group_dom: self.prep.groups.iter().map(|g| g.anchor).collect(),
             group_cnt: vec![0; self.prep.groups.len()],
             marks: vec![0; self.prep.specs.len()],
+            prune_reason: None,
             fail_member: 0,
             fail_reasons: BTreeMap::new(),
             exhausted: false,
@@ -850,6 +853,9 @@ impl Search<'_> {
             self.txn.rollback_to(self.st, self.topo, mark);
             if dfs.exhausted {
                 return Err(format!("search budget exhausted in {}", self.domain_label(dom)));
+            }
+            if let Some(why) = dfs.prune_reason {
+                return Err(why);
             }
             let s = &self.prep.specs[dfs.fail_member];
             let total: u32 = dfs.fail_reasons.values().sum();
@@ -895,6 +901,12 @@ impl Search<'_> {
         if !self.aggregate_fits(dfs.domain, &rest) {
             return false;
         }
+        if let Err(why) = self.slots_suffice(dfs, i, n) {
+            if i == 0 {
+                dfs.prune_reason = Some(why);
+            }
+            return false;
+        }
         let mut skip_after: Option<(usize, usize)> = None;
         loop {
             let Some(resume) = self.try_member(dfs, i, skip_after) else { return false };
@@ -907,6 +919,33 @@ impl Search<'_> {
             self.unplace(dfs, i);
             skip_after = Some(resume);
         }
+    }
+
+    /// Prune: a pod's devices come from one node, so the domain's nodes must offer at
+    /// least as many "slots" of the smallest remaining per-pod demand as there are
+    /// members left (free totals alone miss fragmentation, and the search would try
+    /// every permutation before giving up).
+    fn slots_suffice(&self, dfs: &Dfs, from: usize, n: usize) -> Result<(), String> {
+        let Some(p) = self.prep.primary else { return Ok(()) };
+        let driver = &self.st.capacity.drivers()[p];
+        let rest = &self.prep.specs[from..n];
+        let Some(d_min) = rest.iter().map(|s| s.demand.per_driver.get(driver).copied().unwrap_or(0)).min() else {
+            return Ok(());
+        };
+        if d_min == 0 {
+            return Ok(());
+        }
+        let mut slots = 0usize;
+        for &node in &dfs.order {
+            slots += (self.st.capacity.node_free(node, p) / d_min) as usize;
+            if slots >= rest.len() {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "{} member(s) need at least {d_min} {driver} devices each on one node; the nodes here have room for {slots}",
+            rest.len()
+        ))
     }
 
     fn unplace(&mut self, dfs: &mut Dfs, i: usize) {
@@ -1122,6 +1161,7 @@ impl Search<'_> {
             group_dom: self.prep.groups.iter().map(|g| g.anchor).collect(),
             group_cnt: vec![0; self.prep.groups.len()],
             marks: vec![0; self.prep.specs.len()],
+            prune_reason: None,
             fail_member: 0,
             fail_reasons: BTreeMap::new(),
             exhausted: false,
