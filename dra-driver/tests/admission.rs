@@ -107,6 +107,35 @@ async fn driver_identity_may_write_only_its_own_nodes_slices() {
         other => panic!("pods must be off limits: {other:?}"),
     }
 
+    // The production path: the DaemonSet pod's token, bound to a Pod on node B, carries
+    // B's name; with it, B's slice may be written and A's may not.
+    let pod: Pod = from_json(json!({
+        "metadata": { "name": "driver-on-b", "namespace": NS },
+        "spec": { "nodeName": "node-b", "serviceAccountName": SA,
+                  "containers": [{ "name": "driver", "image": "phalanx-dra-driver:dev" }] }
+    }));
+    let pod = Api::<Pod>::namespaced(admin.clone(), NS).create(&PostParams::default(), &pod).await.unwrap();
+    let spec = TokenRequestSpec {
+        bound_object_ref: Some(BoundObjectReference {
+            kind: Some("Pod".into()),
+            api_version: Some("v1".into()),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+        }),
+        expiration_seconds: Some(3600),
+        ..Default::default()
+    };
+    let token_b = env.service_account_token(NS, SA, spec).await.expect("pod-bound token");
+    let as_b = env.client_for_token("driver-pod-on-b", &token_b).await.unwrap();
+    let slices_as_b: Api<ResourceSlice> = Api::all(as_b);
+    let own = slices_as_b.get("node-b-gpu-phalanx-dev-0").await.unwrap();
+    slices_as_b
+        .replace("node-b-gpu-phalanx-dev-0", &PostParams::default(), &own)
+        .await
+        .expect("B updates its own slice");
+    let message = denied_by_policy(slices_as_b.delete("node-a-gpu-phalanx-dev-0", &DeleteParams::default()).await);
+    assert!(message.contains("on node 'node-b' may not write ResourceSlices of node 'node-a'"), "{message}");
+
     // Its own slices it may delete (shutdown cleanup).
     publisher_a.remove_all().await.expect("A removes its own slices");
     assert!(slices_of(&admin, GPU_DRIVER, "node-a").await.is_empty());
