@@ -50,6 +50,9 @@ pub enum Error {
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] publisher::Error),
+    /// The kubelet answered NotifyRegistrationStatus with `plugin_registered: false`.
+    #[error("the kubelet rejected the plugin registration (see the log for its reason); exiting so the pod restarts")]
+    RegistrationRejected,
 }
 
 /// Where the devices come from.
@@ -184,10 +187,23 @@ pub async fn run(
         })
     };
 
-    let (registered_tx, _registered_rx) = watch::channel(None);
+    // The kubelet rejecting the registration stops the agent (its pod restarts and
+    // registers afresh) instead of serving a plugin nobody will call.
+    let (registered_tx, mut registered_rx) = watch::channel(None);
+    let rejected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let rejected = rejected.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = registered_rx.wait_for(|r| *r == Some(false)) => {
+                    rejected.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    };
     let served =
-        plugin::serve(&plugin_config, state, client, faults_rx, config.node_name.clone(), registered_tx, shutdown)
-            .await;
+        plugin::serve(&plugin_config, state, client, faults_rx, config.node_name.clone(), registered_tx, stop).await;
     publishing.abort();
     tainting.abort();
     health_source.abort();
@@ -196,5 +212,8 @@ pub async fn run(
         tracing::info!("removed our ResourceSlices");
     }
     served?;
+    if rejected.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::RegistrationRejected);
+    }
     Ok(())
 }

@@ -322,10 +322,22 @@ async fn driver_recovers_after_sigkill_and_reports_a_corrupt_checkpoint() {
     assert!(paths.cdi_spec(&b).exists());
     driver.child.kill().await.unwrap();
 
-    // 3. A corrupted checkpoint is detected and reported; the driver refuses to guess.
+    // 3. The kubelet rejecting the registration makes the driver exit non-zero.
+    let mut driver = spawn_driver(&env, &paths, false);
+    registered(&mut driver, &paths).await;
+    let mut reg = RegistrationClient::new(uds::connect(&paths.registration()).await.unwrap());
+    let rejection =
+        pluginregistration::RegistrationStatus { plugin_registered: false, error: "duplicate endpoint".into() };
+    reg.notify_registration_status(rejection).await.expect("status delivered");
+    let status = tokio::time::timeout(TIMEOUT, driver.child.wait()).await.expect("driver exits").unwrap();
+    assert!(!status.success());
+    let stderr = driver.stderr();
+    assert!(stderr.contains("duplicate endpoint") && stderr.contains("rejected the plugin registration"), "{stderr}");
+
+    // 4. A corrupted checkpoint is detected and reported; the driver refuses to guess.
     let text = std::fs::read_to_string(paths.checkpoint()).unwrap();
     std::fs::write(paths.checkpoint(), text.replace("gpu-5", "gpu-6")).unwrap();
-    std::fs::remove_file(paths.registration()).unwrap(); // left by the SIGKILLed run
+    let _ = std::fs::remove_file(paths.registration()); // left by a killed run, if any
     let mut driver = spawn_driver(&env, &paths, false);
     let status = tokio::time::timeout(TIMEOUT, driver.child.wait()).await.expect("driver exits").unwrap();
     assert!(!status.success());

@@ -38,6 +38,7 @@ impl Registration for RegistrationService {
         } else {
             tracing::error!(error = status.error, "kubelet rejected the plugin registration");
         }
+        // When rejected, the agent shuts the servers down after this answer is sent.
         let _ = self.registered.send(Some(status.plugin_registered));
         Ok(Response::new(RegistrationStatusResponse {}))
     }
