@@ -37,6 +37,10 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
+.PHONY: difftest
+difftest: ## Compare the DRA allocator with upstream's (hack/difftest) on N generated scenarios: make difftest N=100000 [SEED=1]
+	$(CARGO) run --release --locked -p phalanx-scheduler-core --example dra_difftest -- $(or $(N),10000) $(or $(SEED),1)
+
 .PHONY: demo
 demo: ## Run Phalanx locally on a fake GPU cluster (not built yet)
 	@echo "make demo will: build everything, start the local control plane from hack/envtest,"

@@ -32,6 +32,7 @@ pub const SEARCH_BUDGET: u64 = 2_000_000;
 #[derive(Debug, Clone, Copy)]
 pub struct Allocator<'a> {
     snap: &'a DraSnapshot,
+    distinct_per_request: bool,
 }
 
 /// Why claims do not fit a node, in one line.
@@ -87,7 +88,14 @@ impl std::fmt::Display for Unsatisfied {
 impl<'a> Allocator<'a> {
     /// An allocator over a snapshot.
     pub fn new(snap: &'a DraSnapshot) -> Self {
-        Allocator { snap }
+        Allocator { snap, distinct_per_request: false }
+    }
+
+    /// Reproduces upstream v0.36's distinctAttribute bug (kubernetes/kubernetes#140438)
+    /// instead of checking all pairs. Only for classifying differential-test results.
+    #[doc(hidden)]
+    pub fn with_upstream_distinct_bug(self) -> Self {
+        Allocator { distinct_per_request: true, ..self }
     }
 
     /// Allocates every claim on `node`. `Ok(None)`: they do not fit; `Ok(Some(r))`: one
@@ -99,6 +107,7 @@ impl<'a> Allocator<'a> {
         allocated: &AllocatedState,
     ) -> Result<Option<Vec<AllocationResult>>, AllocateError> {
         let mut s = Search::new(self.snap, node, claims, allocated)?;
+        s.distinct_per_request = self.distinct_per_request;
         if !s.prepare()? {
             return Ok(None);
         }
@@ -353,6 +362,7 @@ struct Search<'s> {
     consumed_counters: HashMap<usize, CounterSets>,
     results: Vec<Vec<DevResult>>,
     steps: u64,
+    distinct_per_request: bool,
 }
 
 impl<'s> Search<'s> {
@@ -378,6 +388,7 @@ impl<'s> Search<'s> {
             consumed_counters: HashMap::new(),
             results: claims.iter().map(|_| Vec::new()).collect(),
             steps: 0,
+            distinct_per_request: false,
         })
     }
 
@@ -402,7 +413,7 @@ impl<'s> Search<'s> {
                 if !f.prioritized_list && has_subs {
                     return Err(invalid("has subrequests, but the DRAPrioritizedList feature is disabled"));
                 }
-                if !f.consumable_capacity {
+                if !f.consumable_capacity && !f.stable_channel() {
                     if req.exactly.as_ref().is_some_and(|e| e.capacity.is_some()) {
                         return Err(invalid(
                             "has capacity requests, but the DRAConsumableCapacity feature is disabled",
@@ -472,8 +483,13 @@ impl<'s> Search<'s> {
                 let scope = Scope::new(c.requests.as_ref());
                 if let Some(a) = &c.match_attribute {
                     cs.push(Constraint::Match { scope, attribute: a.clone(), value: None, count: 0 });
-                } else if let Some(a) = &c.distinct_attribute {
-                    cs.push(Constraint::Distinct { scope, attribute: a.clone(), values: Vec::new() });
+                } else if let Some(a) = c.distinct_attribute.as_ref().filter(|_| !f.stable_channel()) {
+                    cs.push(Constraint::Distinct {
+                        scope,
+                        attribute: a.clone(),
+                        values: Vec::new(),
+                        per_request: self.distinct_per_request,
+                    });
                 } else {
                     return Err(AllocateError::EmptyConstraint { claim: ckey, index: i });
                 }

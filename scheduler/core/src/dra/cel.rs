@@ -17,7 +17,7 @@
 use std::any::Any;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cel::common::ast::{ComprehensionExpr, Expr, IdedExpr, LiteralValue};
 use cel::extractors::{Arguments, This};
@@ -57,6 +57,9 @@ pub enum EvalError {
     NotBool(String),
 }
 
+/// A compiled selector shared between snapshots.
+pub type Memoized = Arc<Result<Selector, SelectorProblem>>;
+
 /// The CEL environment shared by all selectors of a snapshot.
 pub struct CelEnv {
     env: Env,
@@ -71,8 +74,9 @@ impl std::fmt::Debug for CelEnv {
 }
 
 impl CelEnv {
-    /// The DRA environment. `consumable_capacity` declares `device.allowMultipleAllocations`.
-    pub fn new(consumable_capacity: bool) -> Self {
+    /// The DRA environment. `device.allowMultipleAllocations` is the device's value when
+    /// `multi_alloc` is set, else false (upstream's stable allocator does not pass it).
+    pub fn new(multi_alloc: bool) -> Self {
         let env = make_env();
         let mut root = Context::with_env(Arc::new(make_env()));
         let _ = root.add_function("quantity", quantity_fn);
@@ -115,7 +119,31 @@ impl CelEnv {
             let a = quantity_of(&a)?;
             Ok::<Value, ExecutionError>(qv(a.minus(quantity_arg(&b)?)))
         });
-        CelEnv { env, root, consumable_capacity }
+        CelEnv { env, root, consumable_capacity: multi_alloc }
+    }
+
+    /// The shared environment: built once per process (it is immutable).
+    pub fn shared(multi_alloc: bool) -> &'static CelEnv {
+        static ENVS: OnceLock<[CelEnv; 2]> = OnceLock::new();
+        &ENVS.get_or_init(|| [CelEnv::new(false), CelEnv::new(true)])[usize::from(multi_alloc)]
+    }
+
+    /// Compiles an expression, memoized per process: snapshots are rebuilt every
+    /// scheduling cycle, selectors rarely change. The memo is bounded.
+    pub fn compile_cached(&self, expression: &str) -> Memoized {
+        static MEMO: OnceLock<Mutex<HashMap<(bool, String), Memoized>>> = OnceLock::new();
+        let memo = MEMO.get_or_init(Default::default);
+        let key = (self.consumable_capacity, expression.to_string());
+        if let Some(c) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return c.clone();
+        }
+        let compiled = Arc::new(self.compile(expression));
+        let mut m = memo.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(key, compiled.clone());
+        compiled
     }
 
     /// Compiles one expression and estimates its cost.
@@ -217,8 +245,9 @@ impl DeviceValue {
         };
         let mut dv = DeviceValue {
             driver: Value::String(Arc::new(driver.to_string())),
-            allow_multiple: consumable_capacity
-                .then(|| Value::Bool(device.allow_multiple_allocations.unwrap_or(false))),
+            allow_multiple: Some(Value::Bool(
+                consumable_capacity && device.allow_multiple_allocations.unwrap_or(false),
+            )),
             attributes: nest(attributes),
             capacity: nest(capacity),
             full: Value::Null,

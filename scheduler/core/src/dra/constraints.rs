@@ -66,8 +66,11 @@ impl Scope {
 pub(crate) enum Constraint {
     /// All covered devices share one value.
     Match { scope: Scope, attribute: String, value: Option<AttrValue>, count: usize },
-    /// All covered devices have pairwise different values.
-    Distinct { scope: Scope, attribute: String, values: Vec<AttrValue> },
+    /// All covered devices have pairwise different values. With `per_request` set it
+    /// reproduces upstream v0.36's bug (kubernetes/kubernetes#140438): one remembered
+    /// value per request name, so a request's later device is only compared with the
+    /// latest device of the same request; used by the differential test only.
+    Distinct { scope: Scope, attribute: String, values: Vec<(String, AttrValue)>, per_request: bool },
 }
 
 impl Constraint {
@@ -88,15 +91,18 @@ impl Constraint {
                 *count += 1;
                 true
             }
-            Constraint::Distinct { scope, attribute, values } => {
+            Constraint::Distinct { scope, attribute, values, per_request } => {
                 if !scope.covers(request, sub) {
                     return true;
                 }
                 let Some(Ok(v)) = lookup(device, driver, attribute) else { return false };
-                if values.contains(&v) {
+                if values.iter().any(|(_, x)| *x == v) {
                     return false;
                 }
-                values.push(v);
+                if *per_request {
+                    values.retain(|(r, _)| r != request);
+                }
+                values.push((request.to_string(), v));
                 true
             }
         }
@@ -113,9 +119,13 @@ impl Constraint {
                     }
                 }
             }
-            Constraint::Distinct { scope, values, .. } => {
+            Constraint::Distinct { scope, values, per_request, .. } => {
                 if scope.covers(request, sub) {
-                    values.pop();
+                    if *per_request {
+                        values.retain(|(r, _)| r != request);
+                    } else {
+                        values.pop();
+                    }
                 }
             }
         }

@@ -50,6 +50,15 @@ impl Features {
     }
 }
 
+impl Features {
+    /// True when upstream would pick its "stable" allocator for these features (none of
+    /// consumable capacity, binding conditions, list attributes): that variant has no
+    /// distinctAttribute constraint and ignores capacity requests.
+    pub fn stable_channel(&self) -> bool {
+        !(self.consumable_capacity || self.device_binding_and_status || self.list_type_attributes)
+    }
+}
+
 impl Default for Features {
     /// What Kubernetes 1.36 enables by default: everything GA or beta-on; list-type
     /// attributes (alpha) off.

@@ -49,7 +49,7 @@ impl SliceEntry {
 /// DeviceClasses and ResourceSlices, indexed for allocation.
 pub struct DraSnapshot {
     pub(crate) features: Features,
-    pub(crate) cel: CelEnv,
+    pub(crate) cel: &'static CelEnv,
     pub(crate) classes: HashMap<String, ClassEntry>,
     pub(crate) slices: Vec<SliceEntry>,
     /// Slices with a nodeName and no shared counters, by node.
@@ -78,7 +78,7 @@ impl DraSnapshot {
     /// Indexes classes and slices; compiles every class selector once. Compile errors
     /// are kept and reported when a claim uses the class.
     pub fn new(classes: &[DeviceClass], slices: &[ResourceSlice], features: Features) -> DraSnapshot {
-        let cel = CelEnv::new(features.consumable_capacity);
+        let cel = CelEnv::shared(!features.stable_channel());
         let mut compiled: HashMap<String, Compiled> = HashMap::new();
         let mut entries = Vec::with_capacity(slices.len());
         let mut on_node: HashMap<String, Vec<usize>> = HashMap::new();
@@ -130,7 +130,7 @@ impl DraSnapshot {
                     s.cel.as_ref().map(|cel_sel| {
                         compiled
                             .entry(cel_sel.expression.clone())
-                            .or_insert_with(|| Arc::new(cel.compile(&cel_sel.expression)))
+                            .or_insert_with(|| cel.compile_cached(&cel_sel.expression))
                             .clone()
                     })
                 })
@@ -187,7 +187,7 @@ impl DraSnapshot {
     /// Compiles a request selector, once per distinct expression.
     pub(crate) fn compile_request(&self, expr: &str) -> Compiled {
         let mut cache = self.request_selectors.lock().unwrap_or_else(|e| e.into_inner());
-        cache.entry(expr.to_string()).or_insert_with(|| Arc::new(self.cel.compile(expr))).clone()
+        cache.entry(expr.to_string()).or_insert_with(|| self.cel.compile_cached(expr)).clone()
     }
 
     /// The CEL value of a device, built on first use.
