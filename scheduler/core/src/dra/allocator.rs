@@ -4,6 +4,7 @@
 //! devices in slice order).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::api::resource::v1::{
@@ -15,6 +16,7 @@ use super::capacity;
 use super::cel::{EvalError, SelectorProblem};
 use super::constraints::{Constraint, Scope};
 use super::error::AllocateError;
+use super::hash::FastMap;
 use super::nodes::node_matches;
 use super::pools::{CounterSets, Pool, gather};
 use super::quantity::Nanos;
@@ -106,6 +108,19 @@ impl<'a> Allocator<'a> {
         claims: &[&ResourceClaim],
         allocated: &AllocatedState,
     ) -> Result<Option<Vec<AllocationResult>>, AllocateError> {
+        Ok(self.search(node, claims, allocated)?.map(|s| s.results()))
+    }
+
+    /// Runs the search; the finished search on success.
+    fn search<'s>(
+        &self,
+        node: &'s Node,
+        claims: &'s [&'s ResourceClaim],
+        allocated: &'s AllocatedState,
+    ) -> Result<Option<Search<'s>>, AllocateError>
+    where
+        'a: 's,
+    {
         let mut s = Search::new(self.snap, node, claims, allocated)?;
         s.distinct_per_request = self.distinct_per_request;
         if !s.prepare()? {
@@ -127,7 +142,7 @@ impl<'a> Allocator<'a> {
             }
             return Ok(None);
         }
-        Ok(Some(s.results()))
+        Ok(Some(s))
     }
 
     /// Names of the nodes on which `claim` alone can be allocated now.
@@ -152,7 +167,7 @@ impl<'a> Allocator<'a> {
                     continue;
                 }
             }
-            match self.allocate(node, &[claim], allocated) {
+            match self.search(node, &[claim], allocated) {
                 Ok(Some(_)) => out.push(name.clone()),
                 Ok(None) | Err(AllocateError::InvalidPools { .. }) => {}
                 Err(e) => return Err(e),
@@ -351,13 +366,14 @@ struct Search<'s> {
     node: &'s Node,
     claims: &'s [&'s ResourceClaim],
     allocated: &'s AllocatedState,
-    pools: Vec<Pool>,
+    pools: Arc<Vec<Pool>>,
     reqs: Vec<Vec<ReqSlot<'s>>>,
     constraints: Vec<Vec<Constraint>>,
-    matches: HashMap<(usize, usize, usize, usize), bool>,
+    matches: FastMap<(usize, usize, usize, usize), bool>,
     /// Devices being allocated in this attempt → claims that got them.
-    allocating: HashMap<usize, Vec<usize>>,
-    allocating_capacity: HashMap<usize, BTreeMap<String, Nanos>>,
+    /// (device, claim) pairs; at most 32 per claim, so a list beats a map.
+    allocating: Vec<(usize, usize)>,
+    allocating_capacity: FastMap<usize, BTreeMap<String, Nanos>>,
     available_counters: HashMap<usize, CounterSets>,
     consumed_counters: HashMap<usize, CounterSets>,
     results: Vec<Vec<DevResult>>,
@@ -372,7 +388,7 @@ impl<'s> Search<'s> {
         claims: &'s [&'s ResourceClaim],
         allocated: &'s AllocatedState,
     ) -> Result<Self, AllocateError> {
-        let pools = gather(snap, node)?;
+        let pools = snap.pools_for(node, gather)?;
         Ok(Search {
             snap,
             node,
@@ -381,9 +397,9 @@ impl<'s> Search<'s> {
             pools,
             reqs: Vec::new(),
             constraints: Vec::new(),
-            matches: HashMap::new(),
-            allocating: HashMap::new(),
-            allocating_capacity: HashMap::new(),
+            matches: FastMap::with_capacity_and_hasher(64, Default::default()),
+            allocating: Vec::new(),
+            allocating_capacity: FastMap::default(),
             available_counters: HashMap::new(),
             consumed_counters: HashMap::new(),
             results: claims.iter().map(|_| Vec::new()).collect(),
@@ -595,12 +611,11 @@ impl<'s> Search<'s> {
     }
 
     fn in_use(&self, sl: usize, d: usize, g: usize) -> bool {
-        self.allocated.is_allocated(&self.snap.slices[sl].ids[d])
-            || self.allocating.get(&g).is_some_and(|v| !v.is_empty())
+        self.allocated.is_allocated(&self.snap.slices[sl].ids[d]) || self.allocating.iter().any(|&(x, _)| x == g)
     }
 
     fn allocating_for(&self, g: usize, ci: usize) -> bool {
-        self.allocating.get(&g).is_some_and(|v| v.contains(&ci))
+        self.allocating.iter().any(|&(x, c)| x == g && c == ci)
     }
 
     fn is_selectable(
@@ -687,6 +702,14 @@ impl<'s> Search<'s> {
     }
 
     fn capacity_fits(&self, rd: &ReqData<'_>, sl: usize, d: usize, g: usize) -> bool {
+        // Nothing requested and a device without request policies: its whole capacity
+        // always fits, unless shares of it are in use.
+        if rd.capacity.is_none() && self.snap.slices[sl].plain_capacity[d] && self.allocating_capacity.is_empty() {
+            let id = &self.snap.slices[sl].ids[d];
+            if self.allocated.consumed_capacity(id).is_none() {
+                return true;
+            }
+        }
         let id = &self.snap.slices[sl].ids[d];
         capacity::fits(
             self.allocated.consumed_capacity(id),
@@ -805,10 +828,7 @@ impl<'s> Search<'s> {
         let g = self.snap.slices[sl].first + d;
         let device = self.device(sl, d);
         let driver = self.snap.slices[sl].slice.spec.driver.as_str();
-        let (admin, base, sub, full_name) = {
-            let rd = self.req(r.claim, r.request, r.sub);
-            (rd.admin, rd.base().to_string(), rd.sub().map(str::to_string), rd.name.clone())
-        };
+        let admin = self.req(r.claim, r.request, r.sub).admin;
         let multi = f.consumable_capacity && device.allow_multiple_allocations == Some(true);
         if !multi && admin && self.allocating_for(g, r.claim) {
             return Ok(None);
@@ -843,7 +863,9 @@ impl<'s> Search<'s> {
         }
         let n = self.constraints[r.claim].len();
         for i in 0..n {
-            if !self.constraints[r.claim][i].add(&base, sub.as_deref(), device, driver) {
+            let rd = &self.reqs[r.claim][r.request].alts[r.sub];
+            if !self.constraints[r.claim][i].add(rd.base(), rd.sub(), device, driver) {
+                let full_name = rd.name.clone();
                 self.rollback(r, sl, d, undo);
                 if must {
                     return Err(Halt::Fatal(AllocateError::AllModeConstraint {
@@ -857,7 +879,7 @@ impl<'s> Search<'s> {
             undo.constraints += 1;
         }
         if !multi {
-            self.allocating.entry(g).or_default().push(r.claim);
+            self.allocating.push((g, r.claim));
             undo.marked = true;
         }
         let mut consumed = None;
@@ -905,18 +927,14 @@ impl<'s> Search<'s> {
             }
         }
         if undo.marked
-            && let Some(v) = self.allocating.get_mut(&g)
-            && let Some(i) = v.iter().rposition(|&c| c == r.claim)
+            && let Some(i) = self.allocating.iter().rposition(|&(x, c)| x == g && c == r.claim)
         {
-            v.remove(i);
+            self.allocating.remove(i);
         }
         if undo.constraints > 0 {
-            let (base, sub) = {
-                let rd = self.req(r.claim, r.request, r.sub);
-                (rd.base().to_string(), rd.sub().map(str::to_string))
-            };
+            let rd = &self.reqs[r.claim][r.request].alts[r.sub];
             for i in (0..undo.constraints).rev() {
-                self.constraints[r.claim][i].remove(&base, sub.as_deref());
+                self.constraints[r.claim][i].remove(rd.base(), rd.sub());
             }
         }
         if let Some(p) = undo.counters {

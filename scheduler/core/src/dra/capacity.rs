@@ -82,6 +82,15 @@ pub fn fits(
     allocating: Option<&BTreeMap<String, Nanos>>,
 ) -> bool {
     let caps = device.capacity.as_ref();
+    // Common case: nothing requested, nothing consumed, no policies: a device's
+    // whole capacity always fits itself.
+    if req.is_none()
+        && used.is_none()
+        && allocating.is_none()
+        && caps.is_none_or(|c| c.values().all(|cap| cap.request_policy.is_none()))
+    {
+        return true;
+    }
     if let Some(r) = req.and_then(|r| r.requests.as_ref())
         && r.keys().any(|k| !caps.is_some_and(|c| c.contains_key(k)))
     {

@@ -31,6 +31,57 @@ impl AttrValue {
     }
 }
 
+/// A borrowed attribute value, compared without copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttrRef<'a> {
+    Int(i64),
+    Bool(bool),
+    Str(&'a str),
+    Version(&'a str),
+}
+
+impl AttrRef<'_> {
+    fn of(a: &DeviceAttribute) -> Option<AttrRef<'_>> {
+        if let Some(s) = &a.string {
+            Some(AttrRef::Str(s))
+        } else if let Some(i) = a.int {
+            Some(AttrRef::Int(i))
+        } else if let Some(b) = a.bool {
+            Some(AttrRef::Bool(b))
+        } else {
+            a.version.as_deref().map(AttrRef::Version)
+        }
+    }
+
+    fn owned(self) -> AttrValue {
+        match self {
+            AttrRef::Int(i) => AttrValue::Int(i),
+            AttrRef::Bool(b) => AttrValue::Bool(b),
+            AttrRef::Str(s) => AttrValue::Str(s.to_string()),
+            AttrRef::Version(v) => AttrValue::Version(v.to_string()),
+        }
+    }
+
+    fn is(self, v: &AttrValue) -> bool {
+        match (self, v) {
+            (AttrRef::Int(a), AttrValue::Int(b)) => a == *b,
+            (AttrRef::Bool(a), AttrValue::Bool(b)) => a == *b,
+            (AttrRef::Str(a), AttrValue::Str(b)) => a == b,
+            (AttrRef::Version(a), AttrValue::Version(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn lookup_ref<'d>(device: &'d Device, driver: &str, name: &str) -> Option<AttrRef<'d>> {
+    let attrs = device.attributes.as_ref()?;
+    let a = attrs.get(name).or_else(|| {
+        let (domain, id) = name.split_once('/')?;
+        if domain == driver { attrs.get(id) } else { None }
+    })?;
+    AttrRef::of(a)
+}
+
 /// Looks up a fully qualified attribute; a device may publish its own driver's
 /// attributes without the domain. `Err(())` means present but of no known scalar type.
 pub fn lookup(device: &Device, driver: &str, name: &str) -> Option<Result<AttrValue, ()>> {
@@ -82,10 +133,10 @@ impl Constraint {
                 if !scope.covers(request, sub) {
                     return true;
                 }
-                let Some(Ok(v)) = lookup(device, driver, attribute) else { return false };
+                let Some(v) = lookup_ref(device, driver, attribute) else { return false };
                 if *count == 0 {
-                    *value = Some(v);
-                } else if value.as_ref() != Some(&v) {
+                    *value = Some(v.owned());
+                } else if !value.as_ref().is_some_and(|x| v.is(x)) {
                     return false;
                 }
                 *count += 1;

@@ -13,6 +13,7 @@ pub mod cel;
 mod constraints;
 mod error;
 mod features;
+mod hash;
 mod nodes;
 mod pools;
 pub mod quantity;

@@ -9,7 +9,9 @@ use k8s_openapi::api::resource::v1::{Device, DeviceClass, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cel::{CelEnv, DeviceValue, EvalError, Selector, SelectorProblem};
+use super::error::AllocateError;
 use super::features::Features;
+use super::pools::Pool;
 use super::state::DeviceId;
 
 /// A compiled selector or why it cannot be used.
@@ -31,6 +33,8 @@ pub(crate) struct SliceEntry {
     /// Global index of device 0.
     pub first: usize,
     pub ids: Vec<DeviceId>,
+    /// Per device: no capacity has a request policy.
+    pub plain_capacity: Vec<bool>,
     pub values: Vec<OnceLock<Result<DeviceValue, String>>>,
 }
 
@@ -61,6 +65,9 @@ pub struct DraSnapshot {
     pub(crate) nodes: BTreeMap<String, Node>,
     pub(crate) device_count: usize,
     request_selectors: Mutex<HashMap<String, Compiled>>,
+    /// Pools per node, when they depend on the node's name only (no slice selects
+    /// nodes by label).
+    pool_cache: Mutex<HashMap<String, Arc<Vec<Pool>>>>,
 }
 
 impl std::fmt::Debug for DraSnapshot {
@@ -95,6 +102,10 @@ impl DraSnapshot {
                 name: s.metadata.name.clone().unwrap_or_default(),
                 first: next,
                 ids,
+                plain_capacity: devs
+                    .iter()
+                    .map(|d| d.capacity.iter().flatten().all(|(_, c)| c.request_policy.is_none()))
+                    .collect(),
                 values: devs.iter().map(|_| OnceLock::new()).collect(),
             };
             next += devs.len();
@@ -149,6 +160,7 @@ impl DraSnapshot {
             nodes,
             device_count: next,
             request_selectors: Mutex::new(compiled),
+            pool_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -182,6 +194,23 @@ impl DraSnapshot {
     pub fn device(&self, id: &DeviceId) -> Option<&Device> {
         let idx = self.by_pool.get(&(id.driver.clone(), id.pool.clone()))?;
         idx.iter().find_map(|&i| self.slices[i].devices().iter().find(|d| d.name == id.device))
+    }
+
+    /// The node's pools, gathered once per node when only node names matter.
+    pub(crate) fn pools_for(
+        &self,
+        node: &Node,
+        gather: impl Fn(&DraSnapshot, &Node) -> Result<Vec<Pool>, AllocateError>,
+    ) -> Result<Arc<Vec<Pool>>, AllocateError> {
+        let Some(name) = node.metadata.name.as_ref().filter(|_| self.shared.is_empty()) else {
+            return gather(self, node).map(Arc::new);
+        };
+        if let Some(p) = self.pool_cache.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(p.clone());
+        }
+        let pools = Arc::new(gather(self, node)?);
+        self.pool_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), pools.clone());
+        Ok(pools)
     }
 
     /// Compiles a request selector, once per distinct expression.

@@ -1,10 +1,11 @@
 //! What is already allocated in the cluster, whoever allocated it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
 
+use super::hash::FastMap;
 use super::quantity::Nanos;
 
 /// A device: `driver/pool/device`.
@@ -50,8 +51,8 @@ struct SharedUse {
 /// with a `shareID` count as a share of the device and add their consumed capacity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllocatedState {
-    dedicated: HashMap<DeviceId, u32>,
-    shared: HashMap<DeviceId, SharedUse>,
+    dedicated: FastMap<DeviceId, u32>,
+    shared: FastMap<DeviceId, SharedUse>,
 }
 
 impl AllocatedState {
@@ -140,17 +141,20 @@ impl AllocatedState {
 
     /// True if the device is allocated exclusively (no other claim may get it).
     pub fn is_allocated(&self, id: &DeviceId) -> bool {
-        self.dedicated.contains_key(id)
+        !self.dedicated.is_empty() && self.dedicated.contains_key(id)
     }
 
     /// True if the device has any allocation, exclusive or shared (upstream's
     /// `IsDeviceAllocated`, used for counter accounting).
     pub fn is_in_use(&self, id: &DeviceId) -> bool {
-        self.dedicated.contains_key(id) || self.shared.contains_key(id)
+        self.is_allocated(id) || (!self.shared.is_empty() && self.shared.contains_key(id))
     }
 
     /// Capacity consumed on a shared device, if any share reported consumed capacity.
     pub fn consumed_capacity(&self, id: &DeviceId) -> Option<&BTreeMap<String, Nanos>> {
+        if self.shared.is_empty() {
+            return None;
+        }
         self.shared.get(id).filter(|u| u.capacity_entries > 0).map(|u| &u.capacity)
     }
 

@@ -112,7 +112,10 @@ pub fn validate(
             if exclusive {
                 new_devices.push(id.clone());
             }
-            let (base, sub) = match r.request.split_once('/') {
+            // A result names "<request>" or "<request>/<subrequest>".
+            let plain =
+                requests.iter().any(|q| q.name == r.request && q.first_available.as_ref().is_none_or(|f| f.is_empty()));
+            let (base, sub) = match r.request.split_once('/').filter(|_| !plain) {
                 Some((b, s)) => (b.to_string(), Some(s.to_string())),
                 None => (r.request.clone(), None),
             };
