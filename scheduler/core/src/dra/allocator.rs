@@ -200,7 +200,7 @@ impl<'a> Allocator<'a> {
                 for si in 0..s.reqs[ci][ri].alts.len() {
                     let key = (ci, ri, si);
                     let rd = &s.reqs[ci][ri].alts[si];
-                    let (needed, class, name) = (rd.num_devices, rd.class_name.clone(), rd.full_name());
+                    let (needed, class, name) = (rd.num_devices, rd.class_name, rd.full_name());
                     let mut free = 0usize;
                     for p in 0..s.pools.len() {
                         if s.pools[p].incomplete || s.pools[p].invalid.is_some() {
@@ -226,7 +226,7 @@ impl<'a> Allocator<'a> {
                     }
                     worst.get_or_insert(Unsatisfied::TooFewDevices {
                         request: name,
-                        class,
+                        class: class.to_string(),
                         needed: needed.max(1),
                         free,
                         node: node_name.clone(),
@@ -277,10 +277,10 @@ pub(crate) fn claim_key(c: Option<&ResourceClaim>) -> String {
 
 /// A request or subrequest, resolved.
 struct ReqData<'s> {
-    name: String,
-    parent: Option<String>,
+    name: &'s str,
+    parent: Option<&'s str>,
     class: &'s ClassEntry,
-    class_name: String,
+    class_name: &'s str,
     selectors: Vec<Option<Compiled>>,
     all: bool,
     num_devices: usize,
@@ -294,14 +294,14 @@ impl ReqData<'_> {
     fn full_name(&self) -> String {
         match &self.parent {
             Some(p) => format!("{p}/{}", self.name),
-            None => self.name.clone(),
+            None => self.name.to_string(),
         }
     }
     fn base(&self) -> &str {
-        self.parent.as_deref().unwrap_or(&self.name)
+        self.parent.unwrap_or(self.name)
     }
     fn sub(&self) -> Option<&str> {
-        self.parent.as_ref().map(|_| self.name.as_str())
+        self.parent.map(|_| self.name)
     }
 }
 
@@ -342,8 +342,9 @@ impl From<AllocateError> for Halt {
 }
 
 struct DevResult {
-    request: String,
-    parent: Option<String>,
+    /// Request and alternative (subrequest) index within the claim.
+    request: usize,
+    alt: usize,
     slice: usize,
     device: usize,
     admin: bool,
@@ -397,7 +398,7 @@ impl<'s> Search<'s> {
             pools,
             reqs: Vec::new(),
             constraints: Vec::new(),
-            matches: FastMap::with_capacity_and_hasher(64, Default::default()),
+            matches: FastMap::with_capacity_and_hasher(16, Default::default()),
             allocating: Vec::new(),
             allocating_capacity: FastMap::default(),
             available_counters: HashMap::new(),
@@ -498,11 +499,11 @@ impl<'s> Search<'s> {
             for (i, c) in spec.and_then(|d| d.constraints.as_ref()).into_iter().flatten().enumerate() {
                 let scope = Scope::new(c.requests.as_ref());
                 if let Some(a) = &c.match_attribute {
-                    cs.push(Constraint::Match { scope, attribute: a.clone(), value: None, count: 0 });
+                    cs.push(Constraint::Match { scope, attribute: self.snap.interner.name(a), value: None, count: 0 });
                 } else if let Some(a) = c.distinct_attribute.as_ref().filter(|_| !f.stable_channel()) {
                     cs.push(Constraint::Distinct {
                         scope,
-                        attribute: a.clone(),
+                        attribute: self.snap.interner.name(a),
                         values: Vec::new(),
                         per_request: self.distinct_per_request,
                     });
@@ -548,10 +549,10 @@ impl<'s> Search<'s> {
         let selectors =
             raw.selectors.iter().map(|s| s.cel.as_ref().map(|c| self.snap.compile_request(&c.expression))).collect();
         let mut rd = ReqData {
-            name: raw.name.to_string(),
-            parent: raw.parent.map(str::to_string),
+            name: raw.name,
+            parent: raw.parent,
             class,
-            class_name: raw.class.to_string(),
+            class_name: raw.class,
             selectors,
             all: false,
             num_devices: 0,
@@ -827,7 +828,6 @@ impl<'s> Search<'s> {
         let f = self.snap.features;
         let g = self.snap.slices[sl].first + d;
         let device = self.device(sl, d);
-        let driver = self.snap.slices[sl].slice.spec.driver.as_str();
         let admin = self.req(r.claim, r.request, r.sub).admin;
         let multi = f.consumable_capacity && device.allow_multiple_allocations == Some(true);
         if !multi && admin && self.allocating_for(g, r.claim) {
@@ -864,13 +864,13 @@ impl<'s> Search<'s> {
         let n = self.constraints[r.claim].len();
         for i in 0..n {
             let rd = &self.reqs[r.claim][r.request].alts[r.sub];
-            if !self.constraints[r.claim][i].add(rd.base(), rd.sub(), device, driver) {
-                let full_name = rd.name.clone();
+            if !self.constraints[r.claim][i].add(rd.base(), rd.sub(), &self.snap.slices[sl].attrs[d]) {
+                let full_name = rd.name;
                 self.rollback(r, sl, d, undo);
                 if must {
                     return Err(Halt::Fatal(AllocateError::AllModeConstraint {
                         claim: claim_key(Some(self.claims[r.claim])),
-                        request: full_name,
+                        request: full_name.to_string(),
                         device: self.snap.slices[sl].ids[d].to_string(),
                     }));
                 }
@@ -900,11 +900,15 @@ impl<'s> Search<'s> {
                 consumed = Some(c);
             }
         }
-        let (request, parent) = {
-            let rd = self.req(r.claim, r.request, r.sub);
-            (rd.name.clone(), rd.parent.clone())
-        };
-        self.results[r.claim].push(DevResult { request, parent, slice: sl, device: d, admin, share: multi, consumed });
+        self.results[r.claim].push(DevResult {
+            request: r.request,
+            alt: r.sub,
+            slice: sl,
+            device: d,
+            admin,
+            share: multi,
+            consumed,
+        });
         undo.result = true;
         Ok(Some(undo))
     }
@@ -1014,11 +1018,8 @@ impl<'s> Search<'s> {
                 let e = &self.snap.slices[r.slice];
                 let device = &e.devices()[r.device];
                 let id = &e.ids[r.device];
-                let rd = self.lookup_request(ci, &r.request, r.parent.as_deref());
-                let full = match &r.parent {
-                    Some(p) => format!("{p}/{}", r.request),
-                    None => r.request.clone(),
-                };
+                let rd = Some(&self.reqs[ci][r.request].alts[r.alt]);
+                let full = self.reqs[ci][r.request].alts[r.alt].full_name();
                 results.push(DeviceRequestAllocationResult {
                     request: full,
                     driver: id.driver.clone(),
@@ -1057,17 +1058,13 @@ impl<'s> Search<'s> {
         out
     }
 
-    fn lookup_request(&self, ci: usize, name: &str, parent: Option<&str>) -> Option<&ReqData<'s>> {
-        self.reqs[ci].iter().flat_map(|s| s.alts.iter()).find(|rd| rd.name == name && rd.parent.as_deref() == parent)
-    }
-
     /// Class configs once per class (FromClass), then claim configs (FromClaim).
     fn configs(&self, ci: usize, claim: &ResourceClaim) -> Vec<DeviceAllocationConfiguration> {
         let mut out: Vec<DeviceAllocationConfiguration> = Vec::new();
         let mut ranges: HashMap<&str, (usize, usize)> = HashMap::new();
         for slot in &self.reqs[ci] {
             let rd = &slot.alts[if slot.has_subs { slot.selected } else { 0 }];
-            if let Some(&(a, b)) = ranges.get(rd.class_name.as_str()) {
+            if let Some(&(a, b)) = ranges.get(rd.class_name) {
                 for c in &mut out[a..b] {
                     c.requests.get_or_insert_with(Vec::new).push(rd.full_name());
                 }
@@ -1081,7 +1078,7 @@ impl<'s> Search<'s> {
                     opaque: c.opaque.clone(),
                 });
             }
-            ranges.insert(rd.class_name.as_str(), (start, out.len()));
+            ranges.insert(rd.class_name, (start, out.len()));
         }
         let requests = claim.spec.devices.as_ref().and_then(|d| d.requests.as_deref()).unwrap_or_default();
         for c in claim.spec.devices.as_ref().and_then(|d| d.config.as_ref()).into_iter().flatten() {

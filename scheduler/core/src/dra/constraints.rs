@@ -31,55 +31,75 @@ impl AttrValue {
     }
 }
 
-/// A borrowed attribute value, compared without copying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AttrRef<'a> {
+/// An attribute value with strings interned per snapshot, so constraints compare
+/// integers. `Other` is an attribute with no scalar value (only list forms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Compact {
     Int(i64),
     Bool(bool),
-    Str(&'a str),
-    Version(&'a str),
+    Str(u32),
+    Version(u32),
+    Other,
 }
 
-impl AttrRef<'_> {
-    fn of(a: &DeviceAttribute) -> Option<AttrRef<'_>> {
-        if let Some(s) = &a.string {
-            Some(AttrRef::Str(s))
-        } else if let Some(i) = a.int {
-            Some(AttrRef::Int(i))
-        } else if let Some(b) = a.bool {
-            Some(AttrRef::Bool(b))
-        } else {
-            a.version.as_deref().map(AttrRef::Version)
+/// A device's attributes by interned fully qualified name, sorted by name id.
+pub(crate) type CompactAttrs = Vec<(u32, Compact)>;
+
+/// Interns attribute names and string values of all devices of a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    names: super::hash::FastMap<String, u32>,
+    values: super::hash::FastMap<String, u32>,
+}
+
+impl Interner {
+    fn id(map: &mut super::hash::FastMap<String, u32>, s: &str) -> u32 {
+        if let Some(&i) = map.get(s) {
+            return i;
         }
+        let i = map.len() as u32;
+        map.insert(s.to_string(), i);
+        i
     }
 
-    fn owned(self) -> AttrValue {
-        match self {
-            AttrRef::Int(i) => AttrValue::Int(i),
-            AttrRef::Bool(b) => AttrValue::Bool(b),
-            AttrRef::Str(s) => AttrValue::Str(s.to_string()),
-            AttrRef::Version(v) => AttrValue::Version(v.to_string()),
-        }
+    /// The id of a fully qualified attribute name, if any device has it.
+    pub fn name(&self, full: &str) -> Option<u32> {
+        self.names.get(full).copied()
     }
 
-    fn is(self, v: &AttrValue) -> bool {
-        match (self, v) {
-            (AttrRef::Int(a), AttrValue::Int(b)) => a == *b,
-            (AttrRef::Bool(a), AttrValue::Bool(b)) => a == *b,
-            (AttrRef::Str(a), AttrValue::Str(b)) => a == b,
-            (AttrRef::Version(a), AttrValue::Version(b)) => a == b,
-            _ => false,
+    /// A device's attributes as upstream's lookup sees them: a qualified key wins over
+    /// a bare key of the driver's own domain.
+    pub fn device(&mut self, device: &Device, driver: &str) -> CompactAttrs {
+        let mut out: Vec<(u32, Compact, bool)> = Vec::new();
+        for (k, a) in device.attributes.iter().flatten() {
+            let (full, qualified) = if k.contains('/') { (k.clone(), true) } else { (format!("{driver}/{k}"), false) };
+            let id = Self::id(&mut self.names, &full);
+            let v = if let Some(s) = &a.string {
+                Compact::Str(Self::id(&mut self.values, s))
+            } else if let Some(i) = a.int {
+                Compact::Int(i)
+            } else if let Some(b) = a.bool {
+                Compact::Bool(b)
+            } else if let Some(v) = &a.version {
+                Compact::Version(Self::id(&mut self.values, v))
+            } else {
+                Compact::Other
+            };
+            match out.iter_mut().find(|(i, ..)| *i == id) {
+                Some(e) if qualified => *e = (id, v, true),
+                Some(_) => {}
+                None => out.push((id, v, qualified)),
+            }
         }
+        let mut out: CompactAttrs = out.into_iter().map(|(i, v, _)| (i, v)).collect();
+        out.sort_unstable_by_key(|(i, _)| *i);
+        out
     }
 }
 
-fn lookup_ref<'d>(device: &'d Device, driver: &str, name: &str) -> Option<AttrRef<'d>> {
-    let attrs = device.attributes.as_ref()?;
-    let a = attrs.get(name).or_else(|| {
-        let (domain, id) = name.split_once('/')?;
-        if domain == driver { attrs.get(id) } else { None }
-    })?;
-    AttrRef::of(a)
+fn find(attrs: &[(u32, Compact)], id: Option<u32>) -> Option<Compact> {
+    let id = id?;
+    attrs.binary_search_by_key(&id, |(i, _)| *i).ok().map(|k| attrs[k].1)
 }
 
 /// Looks up a fully qualified attribute; a device may publish its own driver's
@@ -115,28 +135,28 @@ impl Scope {
 /// A constraint's state during one allocation attempt.
 #[derive(Debug, Clone)]
 pub(crate) enum Constraint {
-    /// All covered devices share one value.
-    Match { scope: Scope, attribute: String, value: Option<AttrValue>, count: usize },
+    /// All covered devices share one value (the first covered device fixes it).
+    Match { scope: Scope, attribute: Option<u32>, value: Option<Compact>, count: usize },
     /// All covered devices have pairwise different values. With `per_request` set it
     /// reproduces upstream v0.36's bug (kubernetes/kubernetes#140438): one remembered
     /// value per request name, so a request's later device is only compared with the
     /// latest device of the same request; used by the differential test only.
-    Distinct { scope: Scope, attribute: String, values: Vec<(String, AttrValue)>, per_request: bool },
+    Distinct { scope: Scope, attribute: Option<u32>, values: Vec<(String, Compact)>, per_request: bool },
 }
 
 impl Constraint {
-    /// Tries to add a device; returns false (and changes nothing) if it would violate
-    /// the constraint.
-    pub fn add(&mut self, request: &str, sub: Option<&str>, device: &Device, driver: &str) -> bool {
+    /// Tries to add a device (given by its interned attributes); returns false (and
+    /// changes nothing) if it would violate the constraint.
+    pub fn add(&mut self, request: &str, sub: Option<&str>, attrs: &[(u32, Compact)]) -> bool {
         match self {
             Constraint::Match { scope, attribute, value, count } => {
                 if !scope.covers(request, sub) {
                     return true;
                 }
-                let Some(v) = lookup_ref(device, driver, attribute) else { return false };
+                let Some(v) = find(attrs, *attribute) else { return false };
                 if *count == 0 {
-                    *value = Some(v.owned());
-                } else if !value.as_ref().is_some_and(|x| v.is(x)) {
+                    *value = Some(v);
+                } else if v == Compact::Other || *value != Some(v) {
                     return false;
                 }
                 *count += 1;
@@ -146,8 +166,8 @@ impl Constraint {
                 if !scope.covers(request, sub) {
                     return true;
                 }
-                let Some(Ok(v)) = lookup(device, driver, attribute) else { return false };
-                if values.iter().any(|(_, x)| *x == v) {
+                let Some(v) = find(attrs, *attribute) else { return false };
+                if !values.is_empty() && (v == Compact::Other || values.iter().any(|(_, x)| *x == v)) {
                     return false;
                 }
                 if *per_request {

@@ -6,6 +6,24 @@
 //! DraSnapshot::new(classes, slices, features)   pools indexed per node, CEL compiled once
 //! Allocator::new(&snapshot).allocate(node, claims, &allocated) -> Ok(Some(results)) | Ok(None) | Err
 //! ```
+//!
+//! Device order and search follow upstream's incubating allocator, which kube-scheduler
+//! 1.36 uses with its default features; with a feature set upstream serves with its
+//! stable allocator, the stable rules apply (no distinctAttribute, capacity requests
+//! ignored). `hack/difftest` and `tests/dra_difftest.rs` compare the two.
+//!
+//! Known limits:
+//! - The CEL cost limit is enforced on a static worst-case estimate, not on the actual
+//!   cost of one evaluation as upstream does; expressions near the limit may be judged
+//!   differently.
+//! - CEL libraries beyond what the `cel` crate offers plus `quantity`, `semver`,
+//!   `cel.bind` and optionals (e.g. `url`, `ip`, `cidr`, `format`, regex `find`) fail to
+//!   compile here.
+//! - List-valued attributes (DRAListTypeAttributes, alpha) are exposed to CEL as lists,
+//!   but constraints treat them like upstream's non-experimental allocators do.
+//! - A search that takes more than [`SEARCH_BUDGET`] steps counts as infeasible
+//!   (upstream stops at the scheduler's filter timeout instead).
+//! - `shareID`s are derived deterministically from claim, result index and device.
 
 mod allocator;
 mod capacity;

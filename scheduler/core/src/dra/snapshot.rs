@@ -9,8 +9,10 @@ use k8s_openapi::api::resource::v1::{Device, DeviceClass, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cel::{CelEnv, DeviceValue, EvalError, Selector, SelectorProblem};
+use super::constraints::{CompactAttrs, Interner};
 use super::error::AllocateError;
 use super::features::Features;
+use super::hash::FastMap;
 use super::pools::Pool;
 use super::state::DeviceId;
 
@@ -33,6 +35,8 @@ pub(crate) struct SliceEntry {
     /// Global index of device 0.
     pub first: usize,
     pub ids: Vec<DeviceId>,
+    /// Per device: attributes interned for constraints.
+    pub attrs: Vec<CompactAttrs>,
     /// Per device: no capacity has a request policy.
     pub plain_capacity: Vec<bool>,
     pub values: Vec<OnceLock<Result<DeviceValue, String>>>,
@@ -54,20 +58,21 @@ impl SliceEntry {
 pub struct DraSnapshot {
     pub(crate) features: Features,
     pub(crate) cel: &'static CelEnv,
-    pub(crate) classes: HashMap<String, ClassEntry>,
+    pub(crate) classes: FastMap<String, ClassEntry>,
     pub(crate) slices: Vec<SliceEntry>,
     /// Slices with a nodeName and no shared counters, by node.
-    pub(crate) on_node: HashMap<String, Vec<usize>>,
+    pub(crate) on_node: FastMap<String, Vec<usize>>,
     /// All other slices (node selectors, allNodes, per-device selection, counters).
     pub(crate) shared: Vec<usize>,
     /// All slices of a pool, any generation.
     pub(crate) by_pool: HashMap<(String, String), Vec<usize>>,
     pub(crate) nodes: BTreeMap<String, Node>,
     pub(crate) device_count: usize,
+    pub(crate) interner: Interner,
     request_selectors: Mutex<HashMap<String, Compiled>>,
     /// Pools per node, when they depend on the node's name only (no slice selects
     /// nodes by label).
-    pool_cache: Mutex<HashMap<String, Arc<Vec<Pool>>>>,
+    pool_cache: Mutex<FastMap<String, Arc<Vec<Pool>>>>,
 }
 
 impl std::fmt::Debug for DraSnapshot {
@@ -88,11 +93,12 @@ impl DraSnapshot {
         let cel = CelEnv::shared(!features.stable_channel());
         let mut compiled: HashMap<String, Compiled> = HashMap::new();
         let mut entries = Vec::with_capacity(slices.len());
-        let mut on_node: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut on_node: FastMap<String, Vec<usize>> = FastMap::default();
         let mut shared = Vec::new();
         let mut by_pool: HashMap<(String, String), Vec<usize>> = HashMap::new();
         let mut nodes = BTreeMap::new();
         let mut next = 0usize;
+        let mut interner = Interner::default();
         for (i, s) in slices.iter().enumerate() {
             let spec = &s.spec;
             let devs = spec.devices.as_deref().unwrap_or_default();
@@ -102,6 +108,7 @@ impl DraSnapshot {
                 name: s.metadata.name.clone().unwrap_or_default(),
                 first: next,
                 ids,
+                attrs: devs.iter().map(|d| interner.device(d, &spec.driver)).collect(),
                 plain_capacity: devs
                     .iter()
                     .map(|d| d.capacity.iter().flatten().all(|(_, c)| c.request_policy.is_none()))
@@ -129,7 +136,7 @@ impl DraSnapshot {
             by_pool.entry((spec.driver.clone(), spec.pool.name.clone())).or_default().push(i);
             entries.push(entry);
         }
-        let mut class_map = HashMap::new();
+        let mut class_map = FastMap::default();
         for c in classes {
             let name = c.metadata.name.clone().unwrap_or_default();
             let selectors = c
@@ -159,8 +166,9 @@ impl DraSnapshot {
             by_pool,
             nodes,
             device_count: next,
+            interner,
             request_selectors: Mutex::new(compiled),
-            pool_cache: Mutex::new(HashMap::new()),
+            pool_cache: Mutex::new(FastMap::default()),
         }
     }
 
