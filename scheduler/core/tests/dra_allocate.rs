@@ -128,3 +128,66 @@ fn bad_cel_names_the_class() {
     let err = Allocator::new(&snap).allocate(&node("n1"), &[&c], &AllocatedState::new()).unwrap_err();
     assert!(err.to_string().contains("could not retrieve device class missing"), "{err}");
 }
+
+fn big_slice(n: usize) -> ResourceSlice {
+    let devices: Vec<_> = (0..n).map(|i| json!({"name": format!("d-{i}")})).collect();
+    serde_json::from_value(json!({"metadata": {"name": "big"}, "spec": {"driver": "gpu.phalanx.dev", "nodeName": "n1",
+        "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1}, "devices": devices}}))
+    .unwrap()
+}
+
+#[test]
+fn at_most_32_results_per_claim() {
+    let snap = DraSnapshot::new(&[class("gpu.phalanx.dev", "true")], &[big_slice(40)], Features::default());
+    let a = Allocator::new(&snap);
+    let err = a.allocate(&node("n1"), &[&claim("c", 33, json!([]))], &AllocatedState::new()).unwrap_err();
+    assert!(matches!(err, AllocateError::TooManyDevices { count: 33, limit: 32, .. }), "{err}");
+    assert!(a.allocate(&node("n1"), &[&claim("c", 32, json!([]))], &AllocatedState::new()).unwrap().is_some());
+    // firstAvailable: the 20-device alternative would push the claim past 32 results
+    // together with the 16-device request, so the 8-device alternative is chosen.
+    let c: ResourceClaim = serde_json::from_value(
+        json!({"metadata": {"name": "f", "namespace": "default"}, "spec": {"devices": {"requests": [
+        {"name": "a", "exactly": {"deviceClassName": "gpu.phalanx.dev", "count": 16}},
+        {"name": "b", "firstAvailable": [
+            {"name": "big", "deviceClassName": "gpu.phalanx.dev", "count": 20},
+            {"name": "small", "deviceClassName": "gpu.phalanx.dev", "count": 8}]}]}}}),
+    )
+    .unwrap();
+    let r = a.allocate(&node("n1"), &[&c], &AllocatedState::new()).unwrap().unwrap();
+    let rs = r[0].devices.as_ref().unwrap().results.as_ref().unwrap();
+    assert_eq!(rs.len(), 24);
+    assert_eq!(rs.last().unwrap().request, "b/small");
+}
+
+#[test]
+fn shared_counters_and_taints() {
+    // Two partitions of one GPU share 8 memory slices; each needs 5, so only one fits.
+    let slices: Vec<ResourceSlice> = vec![
+        serde_json::from_value(json!({"metadata": {"name": "a-counters"}, "spec": {"driver": "gpu.phalanx.dev", "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 2},
+            "sharedCounters": [{"name": "gpu-0", "counters": {"slices": {"value": "8"}}}]}}))
+        .unwrap(),
+        serde_json::from_value(json!({"metadata": {"name": "b-devices"}, "spec": {"driver": "gpu.phalanx.dev", "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 2}, "devices": [
+                {"name": "p0", "consumesCounters": [{"counterSet": "gpu-0", "counters": {"slices": {"value": "5"}}}],
+                 "taints": [{"key": "gpu.phalanx.dev/xid", "value": "79", "effect": "NoSchedule"}]},
+                {"name": "p1", "consumesCounters": [{"counterSet": "gpu-0", "counters": {"slices": {"value": "5"}}}]},
+                {"name": "p2", "consumesCounters": [{"counterSet": "gpu-0", "counters": {"slices": {"value": "5"}}}]}]}}))
+        .unwrap(),
+    ];
+    let snap = DraSnapshot::new(&[class("gpu.phalanx.dev", "true")], &slices, Features::default());
+    let a = Allocator::new(&snap);
+    let r = a.allocate(&node("n1"), &[&claim("one", 1, json!([]))], &AllocatedState::new()).unwrap().unwrap();
+    assert_eq!(devices(&r[0]), ["p1"], "p0 is tainted");
+    assert_eq!(a.allocate(&node("n1"), &[&claim("two", 2, json!([]))], &AllocatedState::new()).unwrap(), None);
+    let mut state = AllocatedState::new();
+    state.add(&r[0]);
+    assert_eq!(a.allocate(&node("n1"), &[&claim("again", 1, json!([]))], &state).unwrap(), None, "counters used up");
+    let mut tolerant = claim("tolerant", 1, json!([]));
+    tolerant.spec.devices.as_mut().unwrap().requests.as_mut().unwrap()[0].exactly.as_mut().unwrap().tolerations =
+        Some(vec![serde_json::from_value(json!({"key": "gpu.phalanx.dev/xid", "operator": "Exists"})).unwrap()]);
+    let r = a.allocate(&node("n1"), &[&tolerant], &AllocatedState::new()).unwrap().unwrap();
+    assert_eq!(devices(&r[0]), ["p0"]);
+    let t = &r[0].devices.as_ref().unwrap().results.as_ref().unwrap()[0].tolerations;
+    assert_eq!(t.as_ref().map(Vec::len), Some(1), "tolerations are copied into the result");
+}
