@@ -37,7 +37,7 @@ async fn one_leader_then_hand_over_then_take_over() {
 
     // Release: b takes over without waiting for expiry.
     a.release().await;
-    assert!(*a.watch().borrow() == false);
+    assert!(!*a.watch().borrow());
     assert!(b.try_acquire_or_renew().await.unwrap(), "released lease is taken at once");
     assert_eq!(holder(&env).await.as_deref(), Some("b"));
 
