@@ -37,14 +37,16 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
+.PHONY: bench-cluster
+bench-cluster: ## Cluster benchmark: NODES kwok nodes x 8 GPUs, PODS single pods, GANGS 64-pod gangs
+	$(CARGO) build --release -p phalanx-dra-driver
+	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh)" NODES=$(or $(NODES),1000) PODS=$(or $(PODS),5000) GANGS=$(or $(GANGS),10) \
+	  $(CARGO) bench -p phalanx-scheduler --bench cluster
+
 .PHONY: difftest
 difftest: ## Compare the DRA allocator with upstream's (hack/difftest) on N generated scenarios: make difftest N=100000 [SEED=1]
 	$(CARGO) run --release --locked -p phalanx-scheduler-core --example dra_difftest -- $(or $(N),10000) $(or $(SEED),1)
 
 .PHONY: demo
-demo: ## Run Phalanx locally on a fake GPU cluster (not built yet)
-	@echo "make demo will: build everything, start the local control plane from hack/envtest,"
-	@echo "publish fake GPU nodes with phalanx-dra-driver (profile mode), run phalanx-scheduler,"
-	@echo "apply deploy/examples/ and print where every pod landed and why pending ones wait."
-	@echo "Not built yet: the scheduler (issue 6) and the driver (issue 3) come first."
-	@exit 1
+demo: ## Run Phalanx locally on a fake GPU cluster (Ctrl-C stops it)
+	@bash hack/demo.sh

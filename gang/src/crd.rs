@@ -44,12 +44,15 @@ pub struct CoschedulingPodGroupSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CoschedulingPodGroupStatus {
-    /// `Pending`, `PreScheduling`, `Scheduling`, `Scheduled`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    /// `Pending`, `PreScheduling`, `Scheduling`, `Scheduled`, `Running`, `Finished`, `Failed`, `Unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Owner that occupies the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occupied_by: Option<String>,
+    /// Members bound to a node.
+    #[serde(default)]
+    pub scheduled: i32,
     /// Running pods.
     #[serde(default)]
     pub running: i32,
@@ -59,6 +62,9 @@ pub struct CoschedulingPodGroupStatus {
     /// Failed pods.
     #[serde(default)]
     pub failed: i32,
+    /// When the group first had enough members to be scheduled (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_start_time: Option<String>,
 }
 
 /// `scheduler.grove.io/v1alpha1` `PodGang`.

@@ -311,7 +311,9 @@ impl TestEnv {
             format!("--service-account-key-file={}", pki.sa_public_key.display()),
             format!("--service-account-signing-key-file={}", pki.sa_signing_key.display()),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
+            // TaintNodesByCondition would taint every new node not-ready until a node-lifecycle
+            // controller clears it; kwok nodes are Ready at once and there is no kubelet.
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".into(),
             "--allow-privileged=true".into(),
             "--max-requests-inflight=2000".into(),
             "--max-mutating-requests-inflight=1000".into(),
@@ -425,10 +427,9 @@ fn kubeconfig_yaml(server: &str, ca: &Path, user: &str, token: &str) -> String {
 
 async fn client_from_kubeconfig(path: &Path) -> Result<Client, Error> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
-    config.read_timeout = Some(Duration::from_secs(60));
     Client::try_from(config).map_err(Error::Kube)
 }
 

@@ -8,6 +8,7 @@
 //!
 //! The binaries come from `hack/envtest/` (see [`binaries`]).
 
+pub mod apply;
 pub mod binaries;
 mod env;
 pub mod pki;

@@ -1,0 +1,269 @@
+//! The scheduler's view of the cluster: one reflector per kind, fed by watch events (no
+//! periodic relist), plus the allocations and bindings this scheduler has made but not
+//! yet seen come back through its watches ("assumed", as kube-scheduler calls it).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{
+    AllocationResult, DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice,
+};
+use k8s_openapi::api::scheduling::v1alpha2::PodGroup as WorkloadPodGroup;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use phalanx_scheduler_core::placement::Snapshot;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// Claim key: (namespace, name).
+pub type Key = (String, String);
+
+/// What this scheduler wrote (or is writing) and its watches have not shown yet.
+#[derive(Debug, Default)]
+struct Assumed {
+    claims: HashMap<Key, AllocationResult>,
+    pods: HashMap<Key, String>,
+}
+
+/// Reflector stores of every kind placement reads.
+pub struct Cache {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    slices: Store<ResourceSlice>,
+    claims: Store<ResourceClaim>,
+    classes: Store<DeviceClass>,
+    templates: Store<ResourceClaimTemplate>,
+    workload_pod_groups: Option<Store<WorkloadPodGroup>>,
+    coscheduling_pod_groups: Option<Store<DynamicObject>>,
+    coscheduling_resource: Option<ApiResource>,
+    pod_gangs: Option<Store<DynamicObject>>,
+    assumed: Mutex<Assumed>,
+    ready: Arc<AtomicBool>,
+}
+
+fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        stream
+            .for_each(|event| {
+                match event {
+                    Ok(ev) => {
+                        tracing::trace!(kind = %kind, event = ?std::mem::discriminant(&ev), "watch event");
+                        changed.notify_one()
+                    }
+                    Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
+                }
+                std::future::ready(())
+            })
+            .await;
+    });
+    reader
+}
+
+fn spawn_dynamic(client: &Client, resource: &ApiResource, changed: Arc<Notify>) -> Store<DynamicObject> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let kind = resource.kind.clone();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    tokio::spawn(async move {
+        stream
+            .for_each(|event| {
+                match event {
+                    Ok(ev) => {
+                        tracing::trace!(kind = %kind, event = ?std::mem::discriminant(&ev), "watch event");
+                        changed.notify_one()
+                    }
+                    Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
+                }
+                std::future::ready(())
+            })
+            .await;
+    });
+    reader
+}
+
+/// The resource for `group/version` `kind`, when the API server serves it.
+async fn served(client: &Client, group: &str, version: &str, kind: &str) -> Option<ApiResource> {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok((resource, _)) => Some(resource),
+        Err(_) => None,
+    }
+}
+
+impl Cache {
+    /// Starts every watch. Gang APIs that the cluster does not serve are skipped (and
+    /// logged). `changed` is notified on every watch event.
+    pub async fn start(client: &Client, changed: Arc<Notify>) -> Self {
+        let all = |c: &Client| c.clone();
+        let workload = served(client, "scheduling.k8s.io", "v1alpha2", "PodGroup").await;
+        let cosched = served(client, "scheduling.x-k8s.io", "v1alpha1", "PodGroup").await;
+        let grove = served(client, "scheduler.grove.io", "v1alpha1", "PodGang").await;
+        info!(
+            workload_api = workload.is_some(),
+            coscheduling = cosched.is_some(),
+            grove = grove.is_some(),
+            "gang APIs served by this cluster"
+        );
+        Cache {
+            nodes: spawn_reflector(Api::all(all(client)), changed.clone()),
+            pods: spawn_reflector(Api::all(all(client)), changed.clone()),
+            slices: spawn_reflector(Api::all(all(client)), changed.clone()),
+            claims: spawn_reflector(Api::all(all(client)), changed.clone()),
+            classes: spawn_reflector(Api::all(all(client)), changed.clone()),
+            templates: spawn_reflector(Api::all(all(client)), changed.clone()),
+            workload_pod_groups: workload.map(|_| spawn_reflector(Api::all(all(client)), changed.clone())),
+            coscheduling_pod_groups: cosched.as_ref().map(|r| spawn_dynamic(client, r, changed.clone())),
+            coscheduling_resource: cosched,
+            pod_gangs: grove.map(|r| spawn_dynamic(client, &r, changed.clone())),
+            assumed: Mutex::default(),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Waits until every watch has delivered its initial list.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.claims.wait_until_ready().await;
+        let _ = self.classes.wait_until_ready().await;
+        let _ = self.templates.wait_until_ready().await;
+        if let Some(s) = &self.workload_pod_groups {
+            let _ = s.wait_until_ready().await;
+        }
+        for s in [&self.coscheduling_pod_groups, &self.pod_gangs].into_iter().flatten() {
+            let _ = s.wait_until_ready().await;
+        }
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The scheduler-plugins `PodGroup` resource, when the cluster serves it.
+    pub fn coscheduling_resource(&self) -> Option<&ApiResource> {
+        self.coscheduling_resource.as_ref()
+    }
+
+    /// Set once the initial lists are in (for `/readyz`).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Records a plan's allocations and bindings before they are written, so the next
+    /// snapshot does not hand the same devices out again.
+    pub fn assume(
+        &self,
+        claims: impl IntoIterator<Item = (Key, AllocationResult)>,
+        pods: impl IntoIterator<Item = (Key, String)>,
+    ) {
+        let mut a = self.assumed.lock().expect("assumed lock");
+        a.claims.extend(claims);
+        a.pods.extend(pods);
+    }
+
+    /// Drops assumptions (after a failed commit, or once the watches show the writes).
+    pub fn forget(&self, claims: &[Key], pods: &[Key]) {
+        let mut a = self.assumed.lock().expect("assumed lock");
+        for c in claims {
+            a.claims.remove(c);
+        }
+        for p in pods {
+            a.pods.remove(p);
+        }
+    }
+
+    /// A point-in-time copy for the core, with assumptions applied on top; assumptions
+    /// the watches have caught up with are dropped.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut pods: Vec<Pod> = self.pods.state().iter().map(|p| (**p).clone()).collect();
+        let mut claims: Vec<ResourceClaim> = self.claims.state().iter().map(|c| (**c).clone()).collect();
+        {
+            let mut a = self.assumed.lock().expect("assumed lock");
+            let mut seen_claims = Vec::new();
+            for claim in &mut claims {
+                let key = (claim.namespace().unwrap_or_default(), claim.name_any());
+                let Some(allocation) = a.claims.get(&key) else { continue };
+                let status = claim.status.get_or_insert_with(Default::default);
+                if status.allocation.is_some() {
+                    seen_claims.push(key);
+                } else {
+                    status.allocation = Some(allocation.clone());
+                }
+            }
+            let mut seen_pods = Vec::new();
+            for pod in &mut pods {
+                let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+                let Some(node) = a.pods.get(&key) else { continue };
+                let spec = pod.spec.get_or_insert_with(Default::default);
+                if spec.node_name.is_some() {
+                    seen_pods.push(key);
+                } else {
+                    spec.node_name = Some(node.clone());
+                }
+            }
+            for k in seen_claims {
+                a.claims.remove(&k);
+            }
+            for k in seen_pods {
+                a.pods.remove(&k);
+            }
+        }
+        Snapshot {
+            nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
+            resource_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            device_classes: self.classes.state().iter().map(|c| (**c).clone()).collect(),
+            resource_claims: claims,
+            resource_claim_templates: self.templates.state().iter().map(|t| (**t).clone()).collect(),
+            pods,
+            workload_pod_groups: self
+                .workload_pod_groups
+                .as_ref()
+                .map(|s| s.state().iter().map(|g| (**g).clone()).collect())
+                .unwrap_or_default(),
+            coscheduling_pod_groups: typed(self.coscheduling_pod_groups.as_ref()),
+            pod_gangs: typed(self.pod_gangs.as_ref()),
+        }
+    }
+
+    /// The live pod, from the cache.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// The live claim, from the cache.
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<Arc<ResourceClaim>> {
+        self.claims.get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Custom resources converted to the gang crate's types; malformed ones are skipped
+/// with a warning (the gang assembler reports what it can).
+fn typed<T: DeserializeOwned>(store: Option<&Store<DynamicObject>>) -> Vec<T> {
+    let Some(store) = store else { return Vec::new() };
+    store
+        .state()
+        .iter()
+        .filter_map(|o| {
+            let value = serde_json::to_value(&**o).ok()?;
+            match serde_json::from_value(value) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(object = %o.name_any(), error = %e, "skipping malformed gang object");
+                    None
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,430 @@
+//! The running scheduler: watch-fed cache → gang assembly → joint placement (the pure
+//! core) → commit, under leader election, with events, conditions and metrics.
+//!
+//! A cycle runs when a watch event arrives (after a short batch window), never on a
+//! timer: a gang that does not fit is retried when something changes that could let it.
+
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod podgroup;
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::{Client, ResourceExt};
+use phalanx_gang::{GangInputs, assemble};
+use phalanx_scheduler_core::placement::{GangOutcome, PlacementOptions, Placer, Plan, Snapshot};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::commit::{ClaimPlan, Committer, GangPlan, MemberPlan, RecoveringGang, pod_claim_names};
+use crate::leader::{LeaderConfig, LeaderElector};
+use cache::{Cache, Key};
+use config::SchedulerConfig;
+use metrics::Metrics;
+use report::Reporter;
+
+/// A running scheduler's handles, for tests and the binary.
+pub struct Running {
+    /// Where `/metrics`, `/healthz`, `/readyz` are served.
+    pub http_address: SocketAddr,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops gracefully: finishes the cycle in progress, releases the lease, stops serving.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the scheduler on `client` and returns once its HTTP endpoints listen. The
+/// scheduling loop runs in the background until [`Running::shutdown`].
+pub async fn start(client: Client, config: SchedulerConfig, identity: String) -> std::io::Result<Running> {
+    let (stop_tx, stop) = watch::channel(false);
+    let changed = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::default());
+    let cache = Arc::new(Cache::start(&client, changed.clone()).await);
+
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let http_state = http::HttpState { metrics: metrics.clone(), ready: cache.ready_flag() };
+    let http_stop = stop.clone();
+    let bind = config.bind_address;
+    let server = tokio::spawn(async move {
+        if let Err(e) = http::serve(bind, http_state, http_stop, bound_tx).await {
+            warn!(error = %e, "HTTP server failed");
+        }
+    });
+    let http_address = bound_rx.await.map_err(|_| std::io::Error::other(format!("could not listen on {bind}")))?;
+
+    let leading = if config.leader_election.enabled {
+        let le = &config.leader_election;
+        let elector = LeaderElector::new(
+            client.clone(),
+            LeaderConfig {
+                namespace: le.namespace.clone(),
+                name: le.name.clone(),
+                identity: identity.clone(),
+                lease_duration: std::time::Duration::from_secs(le.lease_duration_seconds),
+                retry_period: std::time::Duration::from_secs(le.retry_period_seconds),
+            },
+        );
+        let leading = elector.watch();
+        tokio::spawn(elector.run(stop.clone()));
+        leading
+    } else {
+        // Always leading; the sender lives as long as the loop (a dropped sender would
+        // wake the loop forever).
+        let (tx, rx) = watch::channel(true);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _tx = tx;
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+
+    let pod_groups =
+        cache.coscheduling_resource().map(|r| podgroup::PodGroupStatusWriter::new(client.clone(), r.clone()));
+    let scheduler = Scheduler {
+        pod_groups,
+        committer: Committer::new(client.clone(), config.scheduler_name.clone()),
+        reporter: Reporter::new(client.clone(), &config.scheduler_name, &identity),
+        config,
+        cache,
+        metrics: metrics.clone(),
+        changed,
+    };
+    let task = tokio::spawn(async move {
+        scheduler.run(leading, stop).await;
+        let _ = server.await;
+    });
+    Ok(Running { http_address, metrics, task, stop: stop_tx })
+}
+
+struct Scheduler {
+    pod_groups: Option<podgroup::PodGroupStatusWriter>,
+    config: SchedulerConfig,
+    cache: Arc<Cache>,
+    committer: Committer,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+}
+
+impl Scheduler {
+    async fn run(self, mut leading: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+        self.cache.wait_until_ready().await;
+        info!(scheduler = %self.config.scheduler_name, "caches synced");
+        let mut recovered = false;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if *leading.borrow() {
+                if !recovered {
+                    self.recover().await;
+                    recovered = true;
+                }
+                self.cycle().await;
+            } else {
+                // A follower must re-check half-done commits when it takes over.
+                recovered = false;
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = leading.changed() => {}
+                _ = stop.changed() => {}
+            }
+            // Let a burst of events land before looking again.
+            tokio::time::sleep(self.config.batch_window()).await;
+        }
+        info!("scheduler stopped");
+    }
+
+    fn is_ours(&self, pod: &Pod) -> bool {
+        pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str())
+    }
+
+    /// Finishes commits a previous leader left half-done (pods with our intent, unbound).
+    async fn recover(&self) {
+        let snapshot = self.cache.snapshot();
+        let intents: Vec<Pod> = snapshot
+            .pods
+            .iter()
+            .filter(|p| self.is_ours(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .filter(|p| p.status.as_ref().and_then(|s| s.nominated_node_name.as_ref()).is_some())
+            .cloned()
+            .collect();
+        if intents.is_empty() {
+            return;
+        }
+        let assembly = assemble(&GangInputs {
+            scheduler_name: &self.config.scheduler_name,
+            pods: &snapshot.pods,
+            coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
+            workload_pod_groups: &snapshot.workload_pod_groups,
+            pod_gangs: &snapshot.pod_gangs,
+        });
+        let with_intent: HashSet<(String, String)> =
+            intents.iter().map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect();
+        let mut gangs = Vec::new();
+        for gang in &assembly.gangs {
+            let members: Vec<Pod> = gang
+                .members
+                .iter()
+                .filter(|m| with_intent.contains(&(m.pod.namespace.clone(), m.pod.name.clone())))
+                .filter_map(|m| {
+                    snapshot
+                        .pods
+                        .iter()
+                        .find(|p| {
+                            p.name_any() == m.pod.name && p.namespace().as_deref() == Some(m.pod.namespace.as_str())
+                        })
+                        .cloned()
+                })
+                .collect();
+            if !members.is_empty() {
+                gangs.push(RecoveringGang { gang: gang.key.to_string(), needed: gang.needed() as usize, members });
+            }
+        }
+        info!(gangs = gangs.len(), "recovering half-done commits");
+        self.committer.recover(&gangs).await;
+    }
+
+    async fn cycle(&self) {
+        let started = Instant::now();
+        let snapshot = self.cache.snapshot();
+        self.metrics.phase("snapshot", started.elapsed().as_secs_f64());
+        let queue = snapshot
+            .pods
+            .iter()
+            .filter(|p| self.is_ours(p) && p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .count();
+        self.metrics.queue_depth.set(queue as i64);
+        if let Some(writer) = &self.pod_groups {
+            writer.sync(&snapshot.coscheduling_pod_groups, &snapshot.pods).await;
+        }
+        if queue == 0 {
+            self.metrics.pending_gangs.set(0);
+            return;
+        }
+
+        let place_started = Instant::now();
+        let assembly = assemble(&GangInputs {
+            scheduler_name: &self.config.scheduler_name,
+            pods: &snapshot.pods,
+            coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
+            workload_pod_groups: &snapshot.workload_pod_groups,
+            pod_gangs: &snapshot.pod_gangs,
+        });
+        let options = PlacementOptions::default()
+            .scheduler_name(&self.config.scheduler_name)
+            .max_attempts(self.config.max_attempts_per_gang);
+        let mut placer = match Placer::new(&snapshot, &self.config.topology, options) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot build the placement state; waiting for the next change");
+                self.metrics.attempt("error");
+                return;
+            }
+        };
+        let mut gangs = assembly.gangs;
+        crate::simulate::order(&mut gangs);
+        debug!(queue, gangs = gangs.len(), problems = assembly.problems.len(), "cycle");
+        let index = SnapshotIndex::new(&snapshot);
+        let mut plans = Vec::new();
+        let mut pending = 0;
+        for gang in &gangs {
+            match placer.place_gang(gang) {
+                GangOutcome::Placed(plan) => match index.gang_plan(&plan) {
+                    Ok(gang_plan) => plans.push((plan, gang_plan)),
+                    Err(message) => {
+                        warn!(gang = %gang.key, %message, "plan does not match the cache; retrying on the next change");
+                        self.metrics.attempt("error");
+                    }
+                },
+                GangOutcome::Pending(p) => {
+                    debug!(gang = %gang.key, message = %p.message, domains = ?p.domains, "gang stays pending");
+                    pending += 1;
+                    self.metrics.attempt("unschedulable");
+                    for pod in &p.pods {
+                        if let Some(live) = index.pod(&pod.namespace, &pod.name) {
+                            self.reporter.unschedulable(live, &p.message).await;
+                        }
+                    }
+                }
+            }
+        }
+        for problem in &assembly.problems {
+            pending += 1;
+            self.metrics.attempt("unschedulable");
+            let message = format!("gang {}: {}", problem.gang, problem.error);
+            for pod in &problem.pods {
+                if let Some(live) = index.pod(&pod.namespace, &pod.name) {
+                    self.reporter.unschedulable(live, &message).await;
+                }
+            }
+        }
+        self.metrics.pending_gangs.set(pending);
+        self.metrics.phase("place", place_started.elapsed().as_secs_f64());
+        if plans.is_empty() {
+            return;
+        }
+
+        let commit_started = Instant::now();
+        for (_, gp) in &plans {
+            let (claims, pods) = assumptions(gp);
+            self.cache.assume(claims, pods);
+        }
+        let committer = self.committer.clone();
+        let results: Vec<(Plan, GangPlan, _)> = futures::stream::iter(plans)
+            .map(move |(plan, gp)| {
+                let committer = committer.clone();
+                async move {
+                    let result = match committer.reserve(&gp).await {
+                        Ok(()) => {
+                            failpoint_pause_after_reserve().await;
+                            committer.bind_all(&gp).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (plan, gp, result)
+                }
+            })
+            .buffer_unordered(self.config.commit_concurrency)
+            .collect()
+            .await;
+        let committed = results.len();
+        for (plan, gp, result) in &results {
+            match result {
+                Ok(()) => {
+                    self.metrics.attempt("scheduled");
+                    self.metrics.placement_score.observe(plan.score);
+                    self.metrics.pods_bound.inc_by(gp.members.len() as u64);
+                    for (member, placement) in gp.members.iter().zip(&plan.members) {
+                        if let Some(pod) = index.pod(&member.namespace, &member.name) {
+                            let devices =
+                                if placement.devices.is_empty() { "-".into() } else { placement.devices.join(", ") };
+                            let message = format!(
+                                "Successfully assigned {}/{} to {} (gang {}, domain {}, score {:.3}, devices {})",
+                                member.namespace, member.name, member.node, plan.gang, plan.domain, plan.score, devices
+                            );
+                            self.reporter.scheduled(pod, &message).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(gang = %plan.gang, error = %e, "commit failed; the gang is retried on the next change");
+                    self.metrics.attempt("error");
+                    let (claims, pods) = assumptions(gp);
+                    let claims: Vec<Key> = claims.into_iter().map(|(k, _)| k).collect();
+                    let pods: Vec<Key> = pods.into_iter().map(|(k, _)| k).collect();
+                    self.cache.forget(&claims, &pods);
+                }
+            }
+        }
+        self.metrics.phase("commit", commit_started.elapsed().as_secs_f64());
+        self.metrics.phase("cycle", started.elapsed().as_secs_f64());
+        debug!(gangs = committed, "cycle done");
+    }
+}
+
+/// Crash testing: with `PHALANX_FAILPOINT_PAUSE_AFTER_RESERVE=<file>` set, the scheduler
+/// writes `<file>` once every claim of a gang is written and then waits forever before
+/// binding, so a test can SIGKILL it at exactly that point.
+async fn failpoint_pause_after_reserve() {
+    let Some(path) = std::env::var_os("PHALANX_FAILPOINT_PAUSE_AFTER_RESERVE") else { return };
+    warn!("failpoint: paused after reserve, before binding");
+    let _ = std::fs::write(&path, b"reserved\n");
+    std::future::pending::<()>().await;
+}
+
+/// A claim allocation the cache assumes until its watch shows it.
+type AssumedClaim = (Key, k8s_openapi::api::resource::v1::AllocationResult);
+/// A binding (pod → node) the cache assumes until its watch shows it.
+type AssumedBinding = (Key, String);
+
+fn assumptions(gp: &GangPlan) -> (Vec<AssumedClaim>, Vec<AssumedBinding>) {
+    let mut claims = Vec::new();
+    let mut pods = Vec::new();
+    for m in &gp.members {
+        pods.push(((m.namespace.clone(), m.name.clone()), m.node.clone()));
+        for c in &m.claims {
+            if let Some(a) = &c.allocation {
+                claims.push(((m.namespace.clone(), c.name.clone()), a.clone()));
+            }
+        }
+    }
+    (claims, pods)
+}
+
+/// Lookups by key into one snapshot.
+struct SnapshotIndex<'s> {
+    pods: HashMap<(String, String), &'s Pod>,
+    claims: HashMap<(String, String), &'s ResourceClaim>,
+}
+
+impl<'s> SnapshotIndex<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        let key =
+            |m: &kube::api::ObjectMeta| (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default());
+        SnapshotIndex {
+            pods: snapshot.pods.iter().map(|p| (key(&p.metadata), p)).collect(),
+            claims: snapshot.resource_claims.iter().map(|c| (key(&c.metadata), c)).collect(),
+        }
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<&'s Pod> {
+        self.pods.get(&(namespace.to_owned(), name.to_owned())).copied()
+    }
+
+    /// The commit plan for a placement: UIDs from the snapshot, and for claims the
+    /// placement did not allocate (shared, already allocated) a reservation only.
+    fn gang_plan(&self, plan: &Plan) -> Result<GangPlan, String> {
+        let mut allocated_here: HashSet<(String, String)> = HashSet::new();
+        let mut members = Vec::new();
+        for m in &plan.members {
+            let (ns, name) = (m.pod.namespace.as_str(), m.pod.name.as_str());
+            let pod = self.pod(ns, name).ok_or_else(|| format!("pod {ns}/{name} left the cache"))?;
+            let uid = pod.uid().ok_or_else(|| format!("pod {ns}/{name} has no UID"))?;
+            let ours: HashMap<&str, _> = m.claims.iter().map(|c| (c.name.as_str(), &c.allocation)).collect();
+            let mut claims = Vec::new();
+            for claim_name in pod_claim_names(pod) {
+                let claim_name = claim_name.ok_or_else(|| format!("pod {ns}/{name}: a claim is not generated yet"))?;
+                let claim = self
+                    .claims
+                    .get(&(ns.to_owned(), claim_name.clone()))
+                    .ok_or_else(|| format!("claim {ns}/{claim_name} left the cache"))?;
+                let key = (ns.to_owned(), claim_name.clone());
+                let allocation = match ours.get(claim_name.as_str()) {
+                    Some(a) if allocated_here.insert(key.clone()) => Some((*a).clone()),
+                    Some(_) => None,
+                    None if allocated_here.contains(&key) => None,
+                    None if claim.status.as_ref().and_then(|s| s.allocation.as_ref()).is_some() => None,
+                    None => return Err(format!("claim {ns}/{claim_name} of pod {name} was not allocated by the plan")),
+                };
+                claims.push(ClaimPlan { name: claim_name, uid: claim.uid().unwrap_or_default(), allocation });
+            }
+            members.push(MemberPlan { namespace: ns.into(), name: name.into(), uid, node: m.node.clone(), claims });
+        }
+        Ok(GangPlan { gang: plan.gang.to_string(), members })
+    }
+}

@@ -1,0 +1,522 @@
+//! phalanx-scheduler end to end: the real control plane (etcd, kube-apiserver,
+//! kube-controller-manager for claim templates, kwok nodes) and the scheduler service
+//! running in this process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use phalanx_scheduler::service::{self, config::SchedulerConfig};
+use phalanx_testenv::{TestEnv, wait};
+use serde_json::json;
+
+const NS: &str = "default";
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object matches the API type")
+}
+
+/// `nodes` kwok nodes with 8 GPUs each; every `per_domain` consecutive nodes share an
+/// NVLink domain (like trays of an NVL72 rack).
+async fn gpu_cluster(client: &Client, nodes: usize, per_domain: usize) {
+    Api::<DeviceClass>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "gpu.phalanx.dev" },
+                "spec": { "selectors": [{ "cel": { "expression": "device.driver == 'gpu.phalanx.dev'" } }] }
+            })),
+        )
+        .await
+        .unwrap();
+    gpu_nodes(client, 0..nodes, per_domain).await;
+    gpu_templates(client).await;
+}
+
+/// Kwok nodes `range` with 8 GPUs each (see [`gpu_cluster`]).
+async fn gpu_nodes(client: &Client, range: std::ops::Range<usize>, per_domain: usize) {
+    for n in range {
+        let name = format!("gpu-node-{n}");
+        let domain = format!("domain-{}", n / per_domain);
+        Api::<Node>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {
+                        "name": name,
+                        "annotations": { "kwok.x-k8s.io/node": "fake" },
+                        "labels": { "kubernetes.io/hostname": name, "phalanx.dev/rack": domain }
+                    },
+                    "status": {
+                        "allocatable": { "cpu": "128", "memory": "2Ti", "pods": "110" },
+                        "capacity": { "cpu": "128", "memory": "2Ti", "pods": "110" }
+                    }
+                })),
+            )
+            .await
+            .unwrap();
+        let devices: Vec<_> = (0..8)
+            .map(|i| {
+                json!({
+                    "name": format!("gpu-{i}"),
+                    "attributes": {
+                        "gpu.phalanx.dev/type": { "string": "gpu" },
+                        "gpu.phalanx.dev/productName": { "string": "NVIDIA H100 80GB HBM3" },
+                        "gpu.phalanx.dev/nvlinkDomain": { "string": domain },
+                        "gpu.phalanx.dev/nvlinkIsland": { "string": format!("{name}-nvswitch") },
+                        "resource.kubernetes.io/numaNode": { "int": i / 4 },
+                        "resource.kubernetes.io/pcieRoot": { "string": format!("pci0000:{:02x}", i) }
+                    },
+                    "capacity": { "memory": { "value": "80Gi" } }
+                })
+            })
+            .collect();
+        Api::<ResourceSlice>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": { "name": format!("{name}-gpu") },
+                    "spec": { "driver": "gpu.phalanx.dev", "nodeName": name,
+                              "pool": { "name": name, "generation": 1, "resourceSliceCount": 1 }, "devices": devices }
+                })),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn gpu_templates(client: &Client) {
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "eight-gpus" },
+                "spec": { "spec": { "devices": { "requests": [
+                    { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 8 } }
+                ] } } }
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "one-gpu" },
+                "spec": { "spec": { "devices": { "requests": [
+                    { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev" } }
+                ] } } }
+            })),
+        )
+        .await
+        .unwrap();
+}
+
+async fn create_pod(client: &Client, name: &str, gang: Option<(&str, usize)>, template: &str) {
+    let mut labels = BTreeMap::new();
+    let mut annotations = BTreeMap::new();
+    if let Some((g, min)) = gang {
+        labels.insert("phalanx.dev/gang", g.to_owned());
+        annotations.insert("phalanx.dev/gang-min-members", min.to_string());
+    }
+    create_pod_with(client, name, labels, annotations, template).await;
+}
+
+async fn create_pod_with(
+    client: &Client,
+    name: &str,
+    labels: BTreeMap<&str, String>,
+    annotations: BTreeMap<&str, String>,
+    template: &str,
+) {
+    let pod: Pod = from_json(json!({
+        "metadata": { "name": name, "labels": labels, "annotations": annotations },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+            "resourceClaims": [{ "name": "gpu", "resourceClaimTemplateName": template }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                             "resources": { "requests": { "cpu": "1" }, "claims": [{ "name": "gpu" }] } }]
+        }
+    }));
+    Api::<Pod>::namespaced(client.clone(), NS).create(&PostParams::default(), &pod).await.unwrap();
+}
+
+async fn start_scheduler(env: &TestEnv) -> service::Running {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info,phalanx_scheduler=debug").try_init();
+    let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    config.leader_election.enabled = false;
+    service::start(env.client(), config, "test".into()).await.expect("scheduler starts")
+}
+
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+async fn wait_bound(client: &Client, names: &[String]) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mut out = Vec::new();
+    for name in names {
+        out.push(wait::until(&pods, name, TIMEOUT, "bound", |p: Option<&Pod>| p.and_then(node_of).is_some()).await);
+    }
+    out
+}
+
+/// Devices allocated to a bound pod's claims, as `pool/device`.
+async fn devices_of(client: &Client, pod: &Pod) -> Vec<String> {
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let mut out = Vec::new();
+    for status in pod.status.as_ref().and_then(|s| s.resource_claim_statuses.clone()).unwrap_or_default() {
+        let claim = claims.get(status.resource_claim_name.as_deref().unwrap()).await.unwrap();
+        let reserved = claim.status.as_ref().and_then(|s| s.reserved_for.clone()).unwrap_or_default();
+        let allocated = claim.status.as_ref().is_some_and(|s| s.allocation.is_some());
+        assert_eq!(
+            allocated,
+            reserved.iter().any(|r| Some(&r.uid) == pod.uid().as_ref()),
+            "an allocated claim is reserved for its pod, an unallocated one for nobody"
+        );
+        for r in
+            claim.status.and_then(|s| s.allocation).and_then(|a| a.devices).and_then(|d| d.results).unwrap_or_default()
+        {
+            out.push(format!("{}/{}", r.pool, r.device));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn gang_of_eight_by_eight_lands_in_one_nvlink_domain_and_too_big_gang_waits() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    // Two NVLink domains of 9 nodes each: a 8-node gang fits in one of them.
+    gpu_cluster(&client, 18, 9).await;
+    let scheduler = start_scheduler(&env).await;
+
+    let gang: Vec<String> = (0..8).map(|i| format!("train-{i}")).collect();
+    for name in &gang {
+        create_pod(&client, name, Some(("train", 8)), "eight-gpus").await;
+    }
+    // 20 pods × 8 GPUs cannot fit on 18 nodes.
+    let huge: Vec<String> = (0..20).map(|i| format!("huge-{i}")).collect();
+    for name in &huge {
+        create_pod(&client, name, Some(("huge", 20)), "eight-gpus").await;
+    }
+
+    let bound = wait_bound(&client, &gang).await;
+    let nodes: BTreeSet<String> = bound.iter().filter_map(node_of).collect();
+    assert_eq!(nodes.len(), 8, "one pod per node: {nodes:?}");
+    let domains: BTreeSet<usize> =
+        nodes.iter().map(|n| n.trim_start_matches("gpu-node-").parse::<usize>().unwrap() / 9).collect();
+    assert_eq!(domains.len(), 1, "all members in one NVLink domain: {nodes:?}");
+    let mut all_devices = Vec::new();
+    for pod in &bound {
+        let devices = devices_of(&client, pod).await;
+        assert_eq!(devices.len(), 8);
+        assert!(devices.iter().all(|d| d.starts_with(&format!("{}/", node_of(pod).unwrap()))), "devices on its node");
+        all_devices.extend(devices);
+    }
+    let distinct: BTreeSet<_> = all_devices.iter().collect();
+    assert_eq!(distinct.len(), all_devices.len(), "no device twice");
+
+    // The gang that cannot fit stays pending with a reason and holds nothing.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let waiting = wait::until(&pods, "huge-0", TIMEOUT, "marked unschedulable", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+    let condition =
+        waiting.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap();
+    assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
+    let message = condition.message.unwrap_or_default();
+    assert!(!message.is_empty(), "the condition explains why");
+    for name in &huge {
+        let pod = pods.get(name).await.unwrap();
+        assert_eq!(node_of(&pod), None, "{name} not bound");
+        assert!(devices_of(&client, &pod).await.is_empty(), "{name} holds no device");
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let failed = wait::poll(TIMEOUT, "a FailedScheduling event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
+    assert!(failed.message.is_some_and(|m| !m.is_empty()));
+
+    let metrics = scheduler.metrics.encode();
+    assert!(metrics.contains("phalanx_pods_bound_total 8"), "{metrics}");
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn gang_waits_for_its_last_member() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 4, 4).await;
+    let scheduler = start_scheduler(&env).await;
+
+    for i in 0..3 {
+        create_pod(&client, &format!("p-{i}"), Some(("late", 4)), "one-gpu").await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait::until(&pods, "p-0", TIMEOUT, "told it waits for members", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(node_of(&pods.get(&format!("p-{i}")).await.unwrap()), None, "no partial gang");
+    }
+    create_pod(&client, "p-3", Some(("late", 4)), "one-gpu").await;
+    let names: Vec<String> = (0..4).map(|i| format!("p-{i}")).collect();
+    wait_bound(&client, &names).await;
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_hundred_single_gpu_pods() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 30, 10).await;
+    let scheduler = start_scheduler(&env).await;
+    let names: Vec<String> = (0..200).map(|i| format!("single-{i}")).collect();
+    for name in &names {
+        create_pod(&client, name, None, "one-gpu").await;
+    }
+    let bound = wait_bound(&client, &names).await;
+    let mut all = Vec::new();
+    for pod in &bound {
+        let devices = devices_of(&client, pod).await;
+        assert_eq!(devices.len(), 1, "{}", pod.name_any());
+        all.extend(devices);
+    }
+    let distinct: BTreeSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 200, "200 distinct GPUs");
+    scheduler.shutdown().await;
+}
+
+/// The scheduler runs with exactly the RBAC of deploy/scheduler (as its service
+/// account, with leader election on): a gang is scheduled, so the grants suffice.
+#[tokio::test]
+async fn deploy_rbac_is_enough_to_schedule_a_gang() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let admin = env.client();
+    gpu_cluster(&admin, 2, 2).await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
+    let as_scheduler = env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap();
+
+    // What it was not granted stays denied, e.g. deleting pods.
+    let pods: Api<Pod> = Api::namespaced(as_scheduler.clone(), NS);
+    create_pod(&admin, "rbac-0", Some(("rbac", 2)), "one-gpu").await;
+    assert!(
+        matches!(pods.delete("rbac-0", &Default::default()).await, Err(kube::Error::Api(s)) if s.code == 403),
+        "the scheduler may not delete pods"
+    );
+    create_pod(&admin, "rbac-1", Some(("rbac", 2)), "one-gpu").await;
+
+    let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    config.leader_election.namespace = "phalanx-system".into();
+    config.leader_election.lease_duration_seconds = 4;
+    config.leader_election.retry_period_seconds = 1;
+    let scheduler = service::start(as_scheduler, config, "rbac-test".into()).await.unwrap();
+    wait_bound(&admin, &["rbac-0".to_string(), "rbac-1".to_string()]).await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), NS);
+    wait::poll(TIMEOUT, "a Scheduled event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some("Scheduled"))
+    })
+    .await;
+    scheduler.shutdown().await;
+}
+
+async fn bound_count(client: &Client, prefix: &str) -> usize {
+    let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap();
+    pods.items.iter().filter(|p| p.name_any().starts_with(prefix) && node_of(p).is_some()).count()
+}
+
+async fn allocated_claims_of(client: &Client, prefix: &str) -> usize {
+    let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default()).await.unwrap();
+    let mut n = 0;
+    for p in pods.items.iter().filter(|p| p.name_any().starts_with(prefix)) {
+        n += devices_of(client, p).await.len();
+    }
+    n
+}
+
+#[tokio::test]
+async fn two_gangs_competing_for_one_domain_never_both_partial() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    // One NVLink domain of 4 nodes × 8 GPUs: room for exactly one 4 × 8 gang.
+    gpu_cluster(&client, 4, 4).await;
+    let scheduler = start_scheduler(&env).await;
+    for i in 0..4 {
+        create_pod(&client, &format!("a-{i}"), Some(("a", 4)), "eight-gpus").await;
+        create_pod(&client, &format!("b-{i}"), Some(("b", 4)), "eight-gpus").await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let (winner, loser) = wait::poll(TIMEOUT, "one gang bound", || async {
+        match (bound_count(&client, "a-").await, bound_count(&client, "b-").await) {
+            (4, 0) => Some(("a-", "b-")),
+            (0, 4) => Some(("b-", "a-")),
+            _ => None,
+        }
+    })
+    .await;
+    wait::until(&pods, &format!("{loser}0"), TIMEOUT, "told why it waits", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+    assert_eq!(bound_count(&client, loser).await, 0, "the loser is not partly bound");
+    assert_eq!(allocated_claims_of(&client, loser).await, 0, "the loser holds no device");
+
+    // The winner finishes: its pods and (through garbage collection) claims go away, and
+    // the waiting gang is placed on that event, whole.
+    for i in 0..4 {
+        pods.delete(&format!("{winner}{i}"), &Default::default()).await.unwrap();
+    }
+    let names: Vec<String> = (0..4).map(|i| format!("{loser}{i}")).collect();
+    wait_bound(&client, &names).await;
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn kube_scheduler_pods_are_left_alone_and_their_devices_respected() {
+    let env = TestEnv::start(phalanx_testenv::Options::default().kube_scheduler(true)).await.unwrap();
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    // Four pods for the default scheduler, each with one GPU.
+    for i in 0..4 {
+        let pod: Pod = from_json(json!({
+            "metadata": { "name": format!("upstream-{i}") },
+            "spec": {
+                "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+                "resourceClaims": [{ "name": "gpu", "resourceClaimTemplateName": "one-gpu" }],
+                "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": { "claims": [{ "name": "gpu" }] } }]
+            }
+        }));
+        Api::<Pod>::namespaced(client.clone(), NS).create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let upstream: Vec<String> = (0..4).map(|i| format!("upstream-{i}")).collect();
+    let before = wait_bound(&client, &upstream).await;
+    let mut upstream_devices = Vec::new();
+    for p in &before {
+        upstream_devices.extend(devices_of(&client, p).await);
+    }
+    assert_eq!(upstream_devices.len(), 4);
+
+    // Phalanx gets the 12 GPUs left, exactly, and one more single pod that cannot fit.
+    let scheduler = start_scheduler(&env).await;
+    let gang: Vec<String> = (0..12).map(|i| format!("ours-{i}")).collect();
+    for name in &gang {
+        create_pod(&client, name, Some(("ours", 12)), "one-gpu").await;
+    }
+    let ours = wait_bound(&client, &gang).await;
+    create_pod(&client, "one-too-many", None, "one-gpu").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait::until(&pods, "one-too-many", TIMEOUT, "unschedulable", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+
+    let mut all = upstream_devices.clone();
+    for p in &ours {
+        all.extend(devices_of(&client, p).await);
+    }
+    let distinct: BTreeSet<_> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (16, 16), "every GPU once: {all:?}");
+    for (p, old) in upstream.iter().zip(&before) {
+        let now = pods.get(p).await.unwrap();
+        assert_eq!(node_of(&now), node_of(old), "{p} untouched");
+    }
+    let mut again = Vec::new();
+    for p in &before {
+        again.extend(devices_of(&client, p).await);
+    }
+    assert_eq!(again, upstream_devices, "upstream allocations unchanged");
+    scheduler.shutdown().await;
+}
+
+/// A scheduler-plugins PodGroup (its CRD installed from a test fixture): the group is
+/// held until `minMember` pods exist, then placed whole, and its status moves through
+/// the coscheduling phases with `scheduled` counted.
+#[tokio::test]
+async fn coscheduling_pod_group_is_placed_whole_and_its_status_kept() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/coscheduling-podgroup-crd.yaml");
+    phalanx_testenv::apply::apply_file(&client, &crd).await.unwrap();
+    let gvk = GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup");
+    let resource: ApiResource = wait::poll(TIMEOUT, "the PodGroup CRD served", || async {
+        kube::discovery::pinned_kind(&client, &gvk).await.ok().map(|(r, _)| r)
+    })
+    .await;
+    let groups: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+    let group: DynamicObject = from_json(json!({
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+        "metadata": { "name": "cosched", "namespace": NS }, "spec": { "minMember": 3 }
+    }));
+    groups.create(&PostParams::default(), &group).await.unwrap();
+    let scheduler = start_scheduler(&env).await;
+
+    let member = |i: usize| format!("cosched-{i}");
+    let labels = || BTreeMap::from([("scheduling.x-k8s.io/pod-group", "cosched".to_owned())]);
+    for i in 0..2 {
+        create_pod_with(&client, &member(i), labels(), BTreeMap::new(), "eight-gpus").await;
+    }
+    let phase_is = |want: &'static [&'static str]| {
+        let groups = groups.clone();
+        async move {
+            wait::poll(TIMEOUT, "the PodGroup phase", || async {
+                let g = groups.get("cosched").await.ok()?;
+                let status = g.data.get("status")?.clone();
+                let phase = status.get("phase")?.as_str()?.to_owned();
+                want.contains(&phase.as_str()).then_some(status)
+            })
+            .await
+        }
+    };
+    let status = phase_is(&["Pending"]).await;
+    assert_eq!(status["scheduled"], json!(0), "{status}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for i in 0..2 {
+        assert_eq!(node_of(&pods.get(&member(i)).await.unwrap()), None, "held until minMember pods exist");
+    }
+
+    // The third member: 3 × 8 GPUs do not fit on 2 nodes, so the group waits whole...
+    create_pod_with(&client, &member(2), labels(), BTreeMap::new(), "eight-gpus").await;
+    let status = phase_is(&["PreScheduling"]).await;
+    assert!(status.get("scheduleStartTime").is_some(), "{status}");
+    wait::until(&pods, &member(2), TIMEOUT, "told why it waits", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(node_of(&pods.get(&member(i)).await.unwrap()), None, "no partial group");
+    }
+
+    // ...until a third node appears, then it is placed whole.
+    gpu_nodes(&client, 2..3, 2).await;
+    let names: Vec<String> = (0..3).map(member).collect();
+    wait_bound(&client, &names).await;
+    let status = phase_is(&["Scheduled", "Running"]).await;
+    assert_eq!(status["scheduled"], json!(3), "{status}");
+    scheduler.shutdown().await;
+}
