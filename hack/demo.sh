@@ -38,47 +38,7 @@ for _ in $(seq 1 300); do [ -s "$KUBECONFIG" ] && break; sleep 0.2; done
 
 say "fake cluster: 2 × GB200 NVL72 racks (36 trays × 4 GPUs), 4 × HGX H100 (8 GPUs)"
 kubectl apply -f deploy/dra-driver/deviceclasses.yaml >/dev/null
-{
-  for rack in a b; do
-    for i in $(seq -w 0 17); do
-      cat <<NODE
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: nvl72-$rack-tray-$i
-  annotations: { kwok.x-k8s.io/node: fake }
-  labels:
-    kubernetes.io/hostname: nvl72-$rack-tray-$i
-    phalanx.dev/profile: gb200-nvl72
-    phalanx.dev/rack: nvl72-$rack
-    nvidia.com/gpu.clique: nvl72-$rack
-    topology.kubernetes.io/zone: zone-1
-status:
-  allocatable: { cpu: "144", memory: 960Gi, pods: "110" }
-  capacity: { cpu: "144", memory: 960Gi, pods: "110" }
-NODE
-    done
-  done
-  for i in 0 1 2 3; do
-    cat <<NODE
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: hgx-$i
-  annotations: { kwok.x-k8s.io/node: fake }
-  labels:
-    kubernetes.io/hostname: hgx-$i
-    phalanx.dev/profile: hgx-h100-8
-    phalanx.dev/rack: hgx-rack
-    topology.kubernetes.io/zone: zone-1
-status:
-  allocatable: { cpu: "224", memory: 2Ti, pods: "110" }
-  capacity: { cpu: "224", memory: 2Ti, pods: "110" }
-NODE
-  done
-} | kubectl apply -f - >/dev/null
+kubectl apply -f hack/demo-nodes.yaml >/dev/null
 
 say "phalanx-dra-driver publishing ResourceSlices from hardware profiles (logs: $work/driver-*.log)"
 for profile in gb200-nvl72 hgx-h100-8; do
@@ -105,10 +65,12 @@ for f in deploy/examples/demo/*.yaml; do
 done
 
 say "waiting for placements to settle"
-expected=$(cat deploy/examples/demo/[123]*.yaml | grep -c '"kind": "Pod"')
-for _ in $(seq 1 150); do
-  bound=$(kubectl get pods -n demo --no-headers -o custom-columns=N:.spec.nodeName | grep -vc '<none>' || true)
-  [ "$bound" -ge "$expected" ] && break
+# Everything but the too-big gang fits: 4 P/D workers, 16 training workers (a Job), 5 singles.
+expected=25
+for _ in $(seq 1 300); do
+  bound=$(kubectl get pods -n demo -l 'phalanx.dev/gang!=too-big' --no-headers -o custom-columns=N:.spec.nodeName 2>/dev/null | grep -vc '<none>' || true)
+  waiting=$(kubectl get pods -n demo -l phalanx.dev/gang=too-big -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="PodScheduled")].reason}{"\n"}{end}' 2>/dev/null | grep -c Unschedulable || true)
+  [ "$bound" -ge "$expected" ] && [ "$waiting" -ge 40 ] && break
   sleep 0.2
 done
 sleep 1

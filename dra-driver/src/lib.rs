@@ -10,6 +10,7 @@ pub mod attributes;
 pub mod cdi;
 pub mod checkpoint;
 pub mod discovery;
+pub mod fleet;
 pub mod health;
 pub mod plugin;
 pub mod prepare;

@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::ListParams;
 use phalanx_dra_driver::agent::{self, AgentConfig, Backend};
-use phalanx_dra_driver::attributes::{self, GPU_DRIVER, NIC_DRIVER};
+use phalanx_dra_driver::attributes::{GPU_DRIVER, NIC_DRIVER};
 use phalanx_dra_driver::discovery::{self, NodeContext};
+use phalanx_dra_driver::fleet::{Fleet, NodeChoice};
 use phalanx_dra_driver::health::{self, Faults};
-use phalanx_dra_driver::publisher::{NodeRef, Publisher};
+use phalanx_dra_driver::publisher::Publisher;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -181,35 +179,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish { profile, nodes, node_selector, no_nics, fault_file, once, remove_slices_on_exit } => {
             let client = kube::Client::try_default().await.context("connecting to the apiserver")?;
             let discovery = Backend::Profile(profile).open()?;
-            let api: Api<Node> = Api::all(client.clone());
-            let mut listed =
-                api.list(&ListParams { label_selector: node_selector.clone(), ..Default::default() }).await?.items;
-            if node_selector.is_none() {
-                listed.retain(|n| n.metadata.name.as_ref().is_some_and(|name| nodes.contains(name)));
-            }
-            listed.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            anyhow::ensure!(!listed.is_empty(), "no Nodes to publish for: pass --nodes or --node-selector");
-            let started = Instant::now();
-            let publisher = Publisher::new(client.clone());
-            let mut targets = Vec::new();
-            for (index, node) in listed.into_iter().enumerate() {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let node_ref = NodeRef { name: name.clone(), uid: node.metadata.uid.clone().unwrap_or_default() };
-                let ctx = NodeContext { name, index, labels: node.metadata.labels.clone().unwrap_or_default() };
-                targets.push((node_ref, discovery.discover(&ctx)?));
-            }
-            let (faults_tx, mut faults_rx) = watch::channel(Faults::default());
-            let set_all = |faults: &Faults| {
-                let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-                for (node, inv) in &targets {
-                    let devices = attributes::gpu_devices(inv, &faults.for_node(&node.name), &now);
-                    publisher.set_pool(GPU_DRIVER, node.clone(), devices);
-                    if !no_nics && !inv.nics.is_empty() {
-                        publisher.set_pool(NIC_DRIVER, node.clone(), attributes::nic_devices(inv));
-                    }
-                }
+            let choice = match &node_selector {
+                Some(selector) => NodeChoice::Selector(selector),
+                None => NodeChoice::Names(&nodes),
             };
-            set_all(&Faults::default());
+            let started = Instant::now();
+            let fleet = Fleet::discover(&client, discovery.as_ref(), choice, !no_nics).await?;
+            let (faults_tx, mut faults_rx) = watch::channel(Faults::default());
+            let publisher = Publisher::new(client.clone());
+            fleet.set_pools(&publisher, &Faults::default());
             let written = publisher.sync_all().await?;
             eprintln!("published {} pools ({written} written) in {:.2?}", publisher.pools().len(), started.elapsed());
             if once {
@@ -228,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     changed = faults_rx.changed() => {
                         if changed.is_err() { shutdown.as_mut().await; break; }
                         let faults = faults_rx.borrow_and_update().clone();
-                        set_all(&faults);
+                        fleet.set_pools(&publisher, &faults);
                     }
                 }
             }

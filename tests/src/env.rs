@@ -332,7 +332,8 @@ impl TestEnv {
         let mut args = vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--leader-elect=false".into(),
-            "--controllers=resourceclaim-controller,garbage-collector-controller,namespace-controller".into(),
+            "--controllers=resourceclaim-controller,garbage-collector-controller,namespace-controller,job-controller"
+                .into(),
             "--secure-port=0".into(),
             "--kube-api-qps=1000".into(),
             "--kube-api-burst=2000".into(),
