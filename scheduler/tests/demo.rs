@@ -35,16 +35,19 @@ async fn publish(client: &Client, profile: &str) {
     publisher.sync_all().await.unwrap();
 }
 
-/// `pool/device` → the device's string attributes (`gpu.phalanx.dev/…` and standard).
+/// `pool/device` → the device's string attributes, by qualified name.
 async fn device_attributes(client: &Client) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for slice in Api::<ResourceSlice>::all(client.clone()).list(&ListParams::default()).await.unwrap() {
+        let driver = slice.spec.driver.clone();
         for device in slice.spec.devices.unwrap_or_default() {
+            // Unqualified names are in the driver's own domain.
+            let qualified = |k: String| if k.contains('/') { k } else { format!("{driver}/{k}") };
             let attrs = device
                 .attributes
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|(k, v)| v.string.map(|s| (k, s)))
+                .filter_map(|(k, v)| v.string.map(|s| (qualified(k), s)))
                 .collect();
             out.insert(format!("{}/{}", slice.spec.pool.name, device.name), attrs);
         }
