@@ -265,9 +265,10 @@ impl Scheduler {
                     debug!(gang = %gang.key, message = %p.message, domains = ?p.domains, "gang stays pending");
                     pending += 1;
                     self.metrics.attempt("unschedulable");
+                    let message = pending_message(&p);
                     for pod in &p.pods {
                         if let Some(live) = index.pod(&pod.namespace, &pod.name) {
-                            self.reporter.unschedulable(live, &p.message).await;
+                            self.reporter.unschedulable(live, &message).await;
                         }
                     }
                 }
@@ -345,6 +346,22 @@ impl Scheduler {
         self.metrics.phase("cycle", started.elapsed().as_secs_f64());
         debug!(gangs = committed, "cycle done");
     }
+}
+
+/// Domain reasons shown in a pending pod's condition; the rest are counted.
+const REASONS_SHOWN: usize = 6;
+
+/// The summary with the first few per-domain reasons, e.g. `no nvlink domain can hold
+/// the gang (...); nvlink=rack-a: needs 160 GPUs, 72 free; ...`.
+fn pending_message(p: &phalanx_scheduler_core::placement::Pending) -> String {
+    let mut message = p.message.clone();
+    for d in p.domains.iter().take(REASONS_SHOWN) {
+        message.push_str(&format!("; {}: {}", d.domain, d.reason));
+    }
+    if p.domains.len() > REASONS_SHOWN {
+        message.push_str(&format!("; {} more", p.domains.len() - REASONS_SHOWN));
+    }
+    message
 }
 
 /// Crash testing: with `PHALANX_FAILPOINT_PAUSE_AFTER_RESERVE=<file>` set, the scheduler
