@@ -212,12 +212,15 @@ impl Scheduler {
         let started = Instant::now();
         let snapshot = self.cache.snapshot();
         self.metrics.phase("snapshot", started.elapsed().as_secs_f64());
-        let queue = snapshot
+        let waiting: HashSet<(String, String)> = snapshot
             .pods
             .iter()
             .filter(|p| self.is_ours(p) && p.metadata.deletion_timestamp.is_none())
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
-            .count();
+            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        self.reporter.retain_waiting(&waiting);
+        let queue = waiting.len();
         self.metrics.queue_depth.set(queue as i64);
         if let Some(writer) = &self.pod_groups {
             writer.sync(&snapshot.coscheduling_pod_groups, &snapshot.pods).await;

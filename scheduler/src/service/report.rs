@@ -83,9 +83,10 @@ impl Reporter {
         }
     }
 
-    /// Forgets what was shown for a pod (it was deleted or bound).
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.shown.lock().expect("shown lock").remove(&(namespace.to_owned(), name.to_owned()));
+    /// Forgets what was shown for pods that are no longer waiting (deleted or bound), so
+    /// the memory kept is bounded by the pending pods.
+    pub fn retain_waiting(&self, waiting: &std::collections::HashSet<(String, String)>) {
+        self.shown.lock().expect("shown lock").retain(|key, _| waiting.contains(key));
     }
 }
 
