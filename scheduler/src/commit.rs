@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceClaimConsumerReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use futures::{StreamExt, stream};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -26,6 +27,9 @@ use tracing::{debug, info, warn};
 pub const DELETE_PROTECTION_FINALIZER: &str = "resource.kubernetes.io/delete-protection";
 
 const CONFLICT_RETRIES: usize = 5;
+
+/// Requests one gang's commit has in flight at once (members are independent objects).
+const MEMBER_CONCURRENCY: usize = 16;
 
 /// Where one member goes and what its claims get.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,25 +193,61 @@ impl Committer {
         Ok(())
     }
 
-    /// Steps 1 and 2: intent on every member, then every claim written.
+    /// Steps 1 and 2: intent on every member, then every claim written. Members are
+    /// written concurrently (up to [`MEMBER_CONCURRENCY`] requests at once); the members
+    /// of one shared claim are written to it one after another. Every write that
+    /// succeeded is recorded in `nominated` / `written`, also when another failed.
     async fn prepare(
         &self,
         plan: &GangPlan,
         nominated: &mut Vec<(String, String)>,
         written: &mut Vec<Written>,
     ) -> Result<(), CommitError> {
-        for member in &plan.members {
-            self.write_intent(member).await?;
-            nominated.push((member.namespace.clone(), member.name.clone()));
-        }
-        for member in &plan.members {
-            for claim in &member.claims {
-                if let Some(w) = self.write_claim(member, claim).await? {
-                    written.push(w);
-                }
+        // Indices, not references, into the plan: a closure over `&MemberPlan` arguments
+        // would make the future not `Send` for every lifetime (a known rustc limitation).
+        let intents: Vec<(&MemberPlan, Result<(), CommitError>)> = stream::iter(0..plan.members.len())
+            .map(|i| async move { (&plan.members[i], self.write_intent(&plan.members[i]).await) })
+            .buffer_unordered(MEMBER_CONCURRENCY)
+            .collect()
+            .await;
+        let mut failed = None;
+        for (member, result) in intents {
+            match result {
+                Ok(()) => nominated.push((member.namespace.clone(), member.name.clone())),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(())
+        if let Some(e) = failed {
+            return Err(e);
+        }
+
+        let mut by_claim: BTreeMap<(&str, &str), Vec<(&MemberPlan, &ClaimPlan)>> = BTreeMap::new();
+        for member in &plan.members {
+            for claim in &member.claims {
+                by_claim.entry((member.namespace.as_str(), claim.name.as_str())).or_default().push((member, claim));
+            }
+        }
+        let by_claim: Vec<Vec<(&MemberPlan, &ClaimPlan)>> = by_claim.into_values().collect();
+        let by_claim = &by_claim;
+        let groups: Vec<(Vec<Written>, Option<CommitError>)> = stream::iter(0..by_claim.len())
+            .map(|g| async move {
+                let mut done = Vec::new();
+                for &(member, claim) in &by_claim[g] {
+                    match self.write_claim(member, claim).await {
+                        Ok(w) => done.extend(w),
+                        Err(e) => return (done, Some(e)),
+                    }
+                }
+                (done, None)
+            })
+            .buffer_unordered(MEMBER_CONCURRENCY)
+            .collect()
+            .await;
+        for (done, error) in groups {
+            written.extend(done);
+            failed = failed.or(error);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Sets `status.nominatedNodeName` (checking the pod is the planned one and unbound).
@@ -304,29 +344,29 @@ impl Committer {
         Err(CommitError::Contended { namespace: ns.clone(), name: plan.name.clone() })
     }
 
-    /// Step 3: bind every member. Once one member is bound there is no way back: a later
-    /// failure is [`CommitError::PartiallyBound`] and recovery retries the rest.
+    /// Step 3: bind every member (concurrently). Once one member is bound there is no way
+    /// back: a failure beside it is [`CommitError::PartiallyBound`] and recovery retries
+    /// the rest; when every bind failed, the gang is rolled back.
     pub async fn bind_all(&self, plan: &GangPlan) -> Result<(), CommitError> {
-        let mut bound_any = false;
-        for member in &plan.members {
-            match self.bind(member).await {
-                Ok(()) => bound_any = true,
-                Err(source) if bound_any => {
-                    return Err(CommitError::PartiallyBound {
-                        namespace: member.namespace.clone(),
-                        name: member.name.clone(),
-                        source,
-                    });
-                }
-                Err(source) => {
-                    // Nothing bound yet: still all or nothing.
-                    let written = self.written_for(plan).await;
-                    let nominated: Vec<_> =
-                        plan.members.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
-                    self.roll_back(&written, &nominated).await;
-                    return Err(api_err(format!("binding pod {}/{}", member.namespace, member.name))(source));
-                }
+        let results: Vec<(&MemberPlan, Result<(), kube::Error>)> = stream::iter(0..plan.members.len())
+            .map(|i| async move { (&plan.members[i], self.bind(&plan.members[i]).await) })
+            .buffer_unordered(MEMBER_CONCURRENCY)
+            .collect()
+            .await;
+        let bound_any = results.iter().any(|(_, r)| r.is_ok());
+        if let Some((member, Err(source))) = results.into_iter().find(|(_, r)| r.is_err()) {
+            if bound_any {
+                return Err(CommitError::PartiallyBound {
+                    namespace: member.namespace.clone(),
+                    name: member.name.clone(),
+                    source,
+                });
             }
+            // Nothing bound: still all or nothing.
+            let written = self.written_for(plan).await;
+            let nominated: Vec<_> = plan.members.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
+            self.roll_back(&written, &nominated).await;
+            return Err(api_err(format!("binding pod {}/{}", member.namespace, member.name))(source));
         }
         info!(gang = %plan.gang, members = plan.members.len(), "gang bound");
         Ok(())
