@@ -1,6 +1,7 @@
 //! The commit protocol against a real API server: all or nothing, rollback on conflict,
 //! and recovery of a half-done commit from API state alone.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -256,4 +257,41 @@ async fn recovery_rolls_a_partly_reserved_gang_back() {
         assert_eq!((node_of(&p), nominated(&p)), (None, None));
     }
     let _ = TIMEOUT;
+}
+
+/// Three members share one claim besides their own: the shared claim is allocated once
+/// and reserved for every member, although members are written concurrently.
+#[tokio::test]
+async fn claim_shared_by_every_member_is_allocated_once_and_reserved_for_all() {
+    let env = env().await;
+    let client = env.client();
+    let (pods, claims) = cluster(&env, 3).await;
+    let shared: ResourceClaim = Api::<ResourceClaim>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "shared" },
+                "spec": { "devices": { "requests": [{ "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev" } }] } }
+            })),
+        )
+        .await
+        .unwrap();
+    let mut gang = plan(&pods, &claims);
+    for (i, member) in gang.members.iter_mut().enumerate() {
+        member.claims.push(ClaimPlan {
+            name: "shared".into(),
+            uid: shared.uid().unwrap(),
+            allocation: (i == 0).then(|| allocation("gpu-3")),
+        });
+    }
+    Committer::new(client.clone(), "phalanx-scheduler").commit(&gang).await.expect("commit succeeds");
+
+    let status = claim(&client, "shared").await.status.unwrap();
+    assert_eq!(wait::field(&status, "/allocation/devices/results/0/device"), Some(json!("gpu-3")));
+    let reserved: BTreeSet<String> = status.reserved_for.unwrap().into_iter().map(|r| r.uid).collect();
+    let members: BTreeSet<String> = pods.iter().map(|p| p.uid().unwrap()).collect();
+    assert_eq!(reserved, members, "reserved for every member, once");
+    for p in &pods {
+        assert_eq!(node_of(&pod(&client, &p.name_any()).await).as_deref(), Some("node-a"));
+    }
 }
