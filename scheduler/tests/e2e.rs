@@ -298,7 +298,30 @@ async fn two_hundred_single_gpu_pods() {
     }
     let distinct: BTreeSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), 200, "200 distinct GPUs");
+
+    // What Prometheus and the kubelet probes see, over real HTTP.
+    let addr = scheduler.http_address;
+    assert_eq!(http_get(addr, "/healthz").await, (200, "ok".to_string()));
+    assert_eq!(http_get(addr, "/readyz").await, (200, "ok".to_string()));
+    let want = [
+        "phalanx_pods_bound_total 200",
+        "phalanx_scheduling_attempts_total{result=\"scheduled\"} 200",
+        "phalanx_queue_depth 0",
+        "phalanx_placement_score_count 200",
+    ];
+    // The queue gauge is set by the cycle after the last binding: poll, don't race it.
+    let metrics = wait::poll(TIMEOUT, "the metrics to show 200 bound", || async {
+        let (status, metrics) = http_get(addr, "/metrics").await;
+        (status == 200 && want.iter().all(|w| metrics.lines().any(|l| l == *w))).then_some(metrics)
+    })
+    .await;
+    for phase in ["snapshot", "place", "commit"] {
+        let count = format!("phalanx_phase_duration_seconds_count{{phase=\"{phase}\"}}");
+        assert!(metrics.lines().any(|l| l.starts_with(&count) && !l.ends_with(" 0")), "{count} missing:\n{metrics}");
+    }
+    assert_eq!(http_get(addr, "/nothing").await.0, 404);
     scheduler.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the endpoints stop with the scheduler");
 }
 
 /// The scheduler runs with exactly the RBAC of deploy/scheduler (as its service
@@ -519,4 +542,16 @@ async fn coscheduling_pod_group_is_placed_whole_and_its_status_kept() {
     let status = phase_is(&["Scheduled", "Running"]).await;
     assert_eq!(status["scheduled"], json!(3), "{status}");
     scheduler.shutdown().await;
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

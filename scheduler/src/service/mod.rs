@@ -249,10 +249,21 @@ impl Scheduler {
                 return;
             }
         };
-        let mut gangs = assembly.gangs;
-        crate::simulate::order(&mut gangs);
-        debug!(queue, gangs = gangs.len(), problems = assembly.problems.len(), "cycle");
         let index = SnapshotIndex::new(&snapshot);
+        // A gang whose claims kube-controller-manager has not created from their templates
+        // yet waits without an attempt (as kube-scheduler's PreEnqueue does); the claims'
+        // creation is the event that brings it back. Failures to create them are
+        // kube-controller-manager's to report, on the pod.
+        let (mut gangs, waiting_for_claims): (Vec<_>, Vec<_>) =
+            assembly.gangs.into_iter().partition(|g| g.members.iter().all(|m| index.claims_generated(&m.pod)));
+        crate::simulate::order(&mut gangs);
+        debug!(
+            queue,
+            gangs = gangs.len(),
+            waiting_for_claims = waiting_for_claims.len(),
+            problems = assembly.problems.len(),
+            "cycle"
+        );
         let mut plans = Vec::new();
         let mut pending = 0;
         for gang in &gangs {
@@ -414,6 +425,13 @@ impl<'s> SnapshotIndex<'s> {
 
     fn pod(&self, namespace: &str, name: &str) -> Option<&'s Pod> {
         self.pods.get(&(namespace.to_owned(), name.to_owned())).copied()
+    }
+
+    /// True unless the pod is unbound and a claim of its is still to be generated
+    /// from a template.
+    fn claims_generated(&self, pod: &phalanx_gang::PodRef) -> bool {
+        let Some(pod) = self.pod(&pod.namespace, &pod.name) else { return true };
+        pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) || pod_claim_names(pod).iter().all(Option::is_some)
     }
 
     /// The commit plan for a placement: UIDs from the snapshot, and for claims the
