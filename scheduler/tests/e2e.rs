@@ -153,6 +153,13 @@ async fn start_scheduler(env: &TestEnv) -> service::Running {
     service::start(env.client(), config, "test".into()).await.expect("scheduler starts")
 }
 
+/// The pod carries `PodScheduled=False`: the scheduler told it why it waits.
+fn told_unschedulable(p: Option<&Pod>) -> bool {
+    p.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+}
+
 fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
@@ -224,12 +231,7 @@ async fn gang_of_eight_by_eight_lands_in_one_nvlink_domain_and_too_big_gang_wait
 
     // The gang that cannot fit stays pending with a reason and holds nothing.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let waiting = wait::until(&pods, "huge-0", TIMEOUT, "marked unschedulable", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
+    let waiting = wait::until(&pods, "huge-0", TIMEOUT, "marked unschedulable", told_unschedulable).await;
     let condition =
         waiting.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "PodScheduled").unwrap();
     assert_eq!(condition.reason.as_deref(), Some("Unschedulable"));
@@ -264,12 +266,7 @@ async fn gang_waits_for_its_last_member() {
         create_pod(&client, &format!("p-{i}"), Some(("late", 4)), "one-gpu").await;
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    wait::until(&pods, "p-0", TIMEOUT, "told it waits for members", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
+    wait::until(&pods, "p-0", TIMEOUT, "told it waits for members", told_unschedulable).await;
     for i in 0..3 {
         assert_eq!(node_of(&pods.get(&format!("p-{i}")).await.unwrap()), None, "no partial gang");
     }
@@ -394,12 +391,7 @@ async fn two_gangs_competing_for_one_domain_never_both_partial() {
         }
     })
     .await;
-    wait::until(&pods, &format!("{loser}0"), TIMEOUT, "told why it waits", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
+    wait::until(&pods, &format!("{loser}0"), TIMEOUT, "told why it waits", told_unschedulable).await;
     assert_eq!(bound_count(&client, loser).await, 0, "the loser is not partly bound");
     assert_eq!(allocated_claims_of(&client, loser).await, 0, "the loser holds no device");
 
@@ -448,12 +440,7 @@ async fn kube_scheduler_pods_are_left_alone_and_their_devices_respected() {
     let ours = wait_bound(&client, &gang).await;
     create_pod(&client, "one-too-many", None, "one-gpu").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    wait::until(&pods, "one-too-many", TIMEOUT, "unschedulable", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
+    wait::until(&pods, "one-too-many", TIMEOUT, "unschedulable", told_unschedulable).await;
 
     let mut all = upstream_devices.clone();
     for p in &ours {
@@ -525,12 +512,7 @@ async fn coscheduling_pod_group_is_placed_whole_and_its_status_kept() {
     create_pod_with(&client, &member(2), labels(), BTreeMap::new(), "eight-gpus").await;
     let status = phase_is(&["PreScheduling"]).await;
     assert!(status.get("scheduleStartTime").is_some(), "{status}");
-    wait::until(&pods, &member(2), TIMEOUT, "told why it waits", |p: Option<&Pod>| {
-        p.and_then(|p| p.status.as_ref())
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
-    })
-    .await;
+    wait::until(&pods, &member(2), TIMEOUT, "told why it waits", told_unschedulable).await;
     for i in 0..3 {
         assert_eq!(node_of(&pods.get(&member(i)).await.unwrap()), None, "no partial group");
     }

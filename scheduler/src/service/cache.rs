@@ -54,21 +54,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-    tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                match event {
-                    Ok(ev) => {
-                        tracing::trace!(kind = %kind, event = ?std::mem::discriminant(&ev), "watch event");
-                        changed.notify_one()
-                    }
-                    Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
-                }
-                std::future::ready(())
-            })
-            .await;
-    });
+    drive(reflector::reflector(writer, watcher(api, watcher::Config::default())), kind, changed);
     reader
 }
 
@@ -76,23 +62,29 @@ fn spawn_dynamic(client: &Client, resource: &ApiResource, changed: Arc<Notify>) 
     let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     let writer = reflector::store::Writer::new(resource.clone());
     let reader = writer.as_reader();
-    let kind = resource.kind.clone();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    drive(reflector::reflector(writer, watcher(api, watcher::Config::default())), resource.kind.clone(), changed);
+    reader
+}
+
+/// Runs a reflector's watch in the background (retrying with backoff), notifying
+/// `changed` on every event.
+fn drive<K, S>(stream: S, kind: String, changed: Arc<Notify>)
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         stream
+            .default_backoff()
             .for_each(|event| {
                 match event {
-                    Ok(ev) => {
-                        tracing::trace!(kind = %kind, event = ?std::mem::discriminant(&ev), "watch event");
-                        changed.notify_one()
-                    }
+                    Ok(_) => changed.notify_one(),
                     Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
                 }
                 std::future::ready(())
             })
             .await;
     });
-    reader
 }
 
 /// The resource for `group/version` `kind`, when the API server serves it.

@@ -158,6 +158,16 @@ impl Scheduler {
         info!("scheduler stopped");
     }
 
+    fn assemble(&self, snapshot: &Snapshot) -> phalanx_gang::Assembly {
+        assemble(&GangInputs {
+            scheduler_name: &self.config.scheduler_name,
+            pods: &snapshot.pods,
+            coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
+            workload_pod_groups: &snapshot.workload_pod_groups,
+            pod_gangs: &snapshot.pod_gangs,
+        })
+    }
+
     fn is_ours(&self, pod: &Pod) -> bool {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str())
     }
@@ -175,13 +185,7 @@ impl Scheduler {
         if intents.is_empty() {
             return;
         }
-        let assembly = assemble(&GangInputs {
-            scheduler_name: &self.config.scheduler_name,
-            pods: &snapshot.pods,
-            coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
-            workload_pod_groups: &snapshot.workload_pod_groups,
-            pod_gangs: &snapshot.pod_gangs,
-        });
+        let assembly = self.assemble(&snapshot);
         let with_intent: HashSet<(String, String)> =
             intents.iter().map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect();
         let mut gangs = Vec::new();
@@ -231,13 +235,7 @@ impl Scheduler {
         }
 
         let place_started = Instant::now();
-        let assembly = assemble(&GangInputs {
-            scheduler_name: &self.config.scheduler_name,
-            pods: &snapshot.pods,
-            coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
-            workload_pod_groups: &snapshot.workload_pod_groups,
-            pod_gangs: &snapshot.pod_gangs,
-        });
+        let assembly = self.assemble(&snapshot);
         let options = PlacementOptions::default()
             .scheduler_name(&self.config.scheduler_name)
             .max_attempts(self.config.max_attempts_per_gang);
