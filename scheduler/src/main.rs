@@ -93,6 +93,8 @@ fn run(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube_client=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs written to files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = SchedulerConfig::load(config.as_deref())?;
     if let Some(addr) = bind_address {
