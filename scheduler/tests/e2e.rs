@@ -537,3 +537,44 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// A member held by a scheduling gate holds the whole gang back; removing the gate lets
+/// it be placed, whole.
+#[tokio::test]
+async fn scheduling_gate_on_one_member_holds_the_gang() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    let scheduler = start_scheduler(&env).await;
+    create_pod(&client, "gated-0", Some(("gated", 2)), "one-gpu").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let gated: Pod = from_json(json!({
+        "metadata": { "name": "gated-1", "labels": { "phalanx.dev/gang": "gated" },
+                      "annotations": { "phalanx.dev/gang-min-members": "2" } },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "schedulingGates": [{ "name": "example.com/quota" }],
+            "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+            "resourceClaims": [{ "name": "gpu", "resourceClaimTemplateName": "one-gpu" }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                             "resources": { "claims": [{ "name": "gpu" }] } }]
+        }
+    }));
+    pods.create(&PostParams::default(), &gated).await.unwrap();
+    wait::until(&pods, "gated-0", TIMEOUT, "told it waits for its gang", told_unschedulable).await;
+    let held = pods.get("gated-1").await.unwrap();
+    assert_eq!(node_of(&held), None);
+    let reason =
+        held.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled");
+    assert_eq!(
+        reason.and_then(|c| c.reason).as_deref(),
+        Some("SchedulingGated"),
+        "the gated pod is not ours to report on"
+    );
+    assert_eq!(node_of(&pods.get("gated-0").await.unwrap()), None, "no partial gang");
+
+    let patch = json!({ "spec": { "schedulingGates": null } });
+    pods.patch("gated-1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    wait_bound(&client, &["gated-0".to_string(), "gated-1".to_string()]).await;
+    scheduler.shutdown().await;
+}

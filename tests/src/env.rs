@@ -171,6 +171,17 @@ impl TestEnv {
         Ok(env)
     }
 
+    /// Starts the upstream kube-scheduler now (for environments started without it, e.g.
+    /// a benchmark that creates its pods before any scheduler runs).
+    pub fn start_kube_scheduler(&mut self) -> Result<(), Error> {
+        if self.components.iter().any(|c| c.name() == "kube-scheduler") {
+            return Ok(());
+        }
+        let args = self.kube_scheduler_args()?;
+        let logs = self.dir_path.join("logs");
+        self.spawn(&binaries::bin_dir()?, "kube-scheduler", args, &logs)
+    }
+
     /// A client with cluster-admin rights (`system:masters`).
     pub fn client(&self) -> Client {
         self.admin.clone()

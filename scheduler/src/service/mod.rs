@@ -214,7 +214,12 @@ impl Scheduler {
 
     async fn cycle(&self) {
         let started = Instant::now();
-        let snapshot = self.cache.snapshot();
+        let mut snapshot = self.cache.snapshot();
+        // Pods held by scheduling gates are not ready to be scheduled (kube-scheduler's
+        // SchedulingGates PreEnqueue); an unbound pod holds nothing, so dropping them
+        // from the snapshot changes no one else's placement. The apiserver itself shows
+        // them as `PodScheduled=False` / `SchedulingGated`.
+        snapshot.pods.retain(|p| !is_gated(p));
         self.metrics.phase("snapshot", started.elapsed().as_secs_f64());
         let waiting: HashSet<(String, String)> = snapshot
             .pods
@@ -358,6 +363,13 @@ impl Scheduler {
         self.metrics.phase("cycle", started.elapsed().as_secs_f64());
         debug!(gangs = committed, "cycle done");
     }
+}
+
+/// An unbound pod with scheduling gates left.
+fn is_gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.node_name.is_none() && s.scheduling_gates.as_ref().is_some_and(|g| !g.is_empty()))
 }
 
 /// Domain reasons shown in a pending pod's condition; the rest are counted.
