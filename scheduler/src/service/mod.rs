@@ -104,7 +104,11 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
         cache.coscheduling_resource().map(|r| podgroup::PodGroupStatusWriter::new(client.clone(), r.clone()));
     let scheduler = Scheduler {
         pod_groups,
-        committer: Committer::new(client.clone(), config.scheduler_name.clone()),
+        committer: {
+            let cache = cache.clone();
+            Committer::new(client.clone(), config.scheduler_name.clone())
+                .with_cached_claims(Arc::new(move |ns: &str, name: &str| cache.claim(ns, name)))
+        },
         reporter: Reporter::new(client.clone(), &config.scheduler_name, &identity),
         config,
         cache,
@@ -312,56 +316,51 @@ impl Scheduler {
             let (claims, pods) = assumptions(gp);
             self.cache.assume(claims, pods);
         }
-        let committer = self.committer.clone();
-        let results: Vec<(Plan, GangPlan, _)> = futures::stream::iter(plans)
-            .map(move |(plan, gp)| {
-                let committer = committer.clone();
-                async move {
-                    let result = match committer.reserve(&gp).await {
-                        Ok(()) => {
-                            failpoint_pause_after_reserve().await;
-                            committer.bind_all(&gp).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    (plan, gp, result)
-                }
-            })
+        let index = &index;
+        let committed: usize = futures::stream::iter(plans)
+            .map(|(plan, gp)| self.commit_gang(plan, gp, index))
             .buffer_unordered(self.config.commit_concurrency)
-            .collect()
+            .count()
             .await;
-        let committed = results.len();
-        for (plan, gp, result) in &results {
-            match result {
-                Ok(()) => {
-                    self.metrics.attempt("scheduled");
-                    self.metrics.placement_score.observe(plan.score);
-                    self.metrics.pods_bound.inc_by(gp.members.len() as u64);
-                    for (member, placement) in gp.members.iter().zip(&plan.members) {
-                        if let Some(pod) = index.pod(&member.namespace, &member.name) {
-                            let devices =
-                                if placement.devices.is_empty() { "-".into() } else { placement.devices.join(", ") };
-                            let message = format!(
-                                "Successfully assigned {}/{} to {} (gang {}, domain {}, score {:.3}, devices {})",
-                                member.namespace, member.name, member.node, plan.gang, plan.domain, plan.score, devices
-                            );
-                            self.reporter.scheduled(pod, &message).await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    warn!(gang = %plan.gang, error = %e, "commit failed; the gang is retried on the next change");
-                    self.metrics.attempt("error");
-                    let (claims, pods) = assumptions(gp);
-                    let claims: Vec<Key> = claims.into_iter().map(|(k, _)| k).collect();
-                    let pods: Vec<Key> = pods.into_iter().map(|(k, _)| k).collect();
-                    self.cache.forget(&claims, &pods);
-                }
-            }
-        }
         self.metrics.phase("commit", commit_started.elapsed().as_secs_f64());
         self.metrics.phase("cycle", started.elapsed().as_secs_f64());
         debug!(gangs = committed, "cycle done");
+    }
+}
+
+impl Scheduler {
+    /// Writes one gang's plan (reserve, then bind), then tells its members where they
+    /// landed; a failed commit drops the gang's assumptions so the next cycle retries it.
+    async fn commit_gang(&self, plan: Plan, gp: GangPlan, index: &SnapshotIndex<'_>) {
+        let result = match self.committer.reserve(&gp).await {
+            Ok(()) => {
+                failpoint_pause_after_reserve().await;
+                self.committer.bind_all(&gp).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            warn!(gang = %plan.gang, error = %e, "commit failed; the gang is retried on the next change");
+            self.metrics.attempt("error");
+            let (claims, pods) = assumptions(&gp);
+            let claims: Vec<Key> = claims.into_iter().map(|(k, _)| k).collect();
+            let pods: Vec<Key> = pods.into_iter().map(|(k, _)| k).collect();
+            self.cache.forget(&claims, &pods);
+            return;
+        }
+        self.metrics.attempt("scheduled");
+        self.metrics.placement_score.observe(plan.score);
+        self.metrics.pods_bound.inc_by(gp.members.len() as u64);
+        let reports = gp.members.iter().zip(&plan.members).filter_map(|(member, placement)| {
+            let pod = index.pod(&member.namespace, &member.name)?;
+            let devices = if placement.devices.is_empty() { "-".into() } else { placement.devices.join(", ") };
+            let message = format!(
+                "Successfully assigned {}/{} to {} (gang {}, domain {}, score {:.3}, devices {})",
+                member.namespace, member.name, member.node, plan.gang, plan.domain, plan.score, devices
+            );
+            Some(async move { self.reporter.scheduled(pod, &message).await })
+        });
+        futures::future::join_all(reports).await;
     }
 }
 
