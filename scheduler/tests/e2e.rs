@@ -578,3 +578,47 @@ async fn scheduling_gate_on_one_member_holds_the_gang() {
     wait_bound(&client, &["gated-0".to_string(), "gated-1".to_string()]).await;
     scheduler.shutdown().await;
 }
+
+/// The upstream Workload API (alpha in 1.36, served with every alpha gate on): a
+/// `scheduling.k8s.io/v1alpha2` PodGroup with a gang policy, pods joining it through
+/// `spec.schedulingGroup`. Held until `minCount` pods exist, then placed whole.
+#[tokio::test]
+async fn workload_api_pod_group_is_a_gang() {
+    use k8s_openapi::api::scheduling::v1alpha2::PodGroup;
+    let options = phalanx_testenv::Options::default().features(phalanx_testenv::FeatureSet::Alpha);
+    let env = TestEnv::start(options).await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    let group: PodGroup = from_json(json!({
+        "metadata": { "name": "wl", "namespace": NS },
+        "spec": { "schedulingPolicy": { "gang": { "minCount": 3 } } }
+    }));
+    Api::<PodGroup>::namespaced(client.clone(), NS).create(&PostParams::default(), &group).await.unwrap();
+    let scheduler = start_scheduler(&env).await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let member = |i: usize| -> Pod {
+        from_json(json!({
+            "metadata": { "name": format!("wl-{i}") },
+            "spec": {
+                "schedulerName": "phalanx-scheduler",
+                "schedulingGroup": { "podGroupName": "wl" },
+                "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+                "resourceClaims": [{ "name": "gpu", "resourceClaimTemplateName": "eight-gpus" }],
+                "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": { "claims": [{ "name": "gpu" }] } }]
+            }
+        }))
+    };
+    for i in 0..2 {
+        pods.create(&PostParams::default(), &member(i)).await.unwrap();
+    }
+    wait::until(&pods, "wl-0", TIMEOUT, "told it waits for its PodGroup", told_unschedulable).await;
+    assert_eq!(node_of(&pods.get("wl-1").await.unwrap()), None, "no partial gang");
+    // 3 × 8 GPUs need a third node: the gang waits whole until it comes.
+    pods.create(&PostParams::default(), &member(2)).await.unwrap();
+    wait::until(&pods, "wl-2", TIMEOUT, "told why it waits", told_unschedulable).await;
+    gpu_nodes(&client, 2..3, 2).await;
+    wait_bound(&client, &(0..3).map(|i| format!("wl-{i}")).collect::<Vec<_>>()).await;
+    scheduler.shutdown().await;
+}
