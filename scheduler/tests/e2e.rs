@@ -622,3 +622,62 @@ async fn workload_api_pod_group_is_a_gang() {
     wait_bound(&client, &(0..3).map(|i| format!("wl-{i}")).collect::<Vec<_>>()).await;
     scheduler.shutdown().await;
 }
+
+/// A Grove PodGang (its CRD from a test fixture), as Dynamo/Grove would create it: two
+/// pod groups (prefill, decode) with their own minimums and a required pack constraint
+/// on the rack label. The gang lands whole inside the one rack that can hold it.
+#[tokio::test]
+async fn grove_pod_gang_lands_whole_in_its_required_rack() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    // domain-0: nodes 0-3 (32 GPUs); domain-1: nodes 4-5 (16 GPUs).
+    gpu_cluster(&client, 6, 4).await;
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grove-podgang-crd.yaml");
+    phalanx_testenv::apply::apply_file(&client, &crd).await.unwrap();
+    let gvk = GroupVersionKind::gvk("scheduler.grove.io", "v1alpha1", "PodGang");
+    let resource: ApiResource = wait::poll(TIMEOUT, "the PodGang CRD served", || async {
+        kube::discovery::pinned_kind(&client, &gvk).await.ok().map(|(r, _)| r)
+    })
+    .await;
+    let refs =
+        |role: &str| (0..2).map(|i| json!({ "namespace": NS, "name": format!("{role}-{i}") })).collect::<Vec<_>>();
+    let gang: DynamicObject = from_json(json!({
+        "apiVersion": "scheduler.grove.io/v1alpha1", "kind": "PodGang",
+        "metadata": { "name": "serving", "namespace": NS },
+        "spec": {
+            "podgroups": [
+                { "name": "prefill", "podReferences": refs("prefill"), "minReplicas": 2 },
+                { "name": "decode", "podReferences": refs("decode"), "minReplicas": 2 }
+            ],
+            "topologyConstraint": { "packConstraint": { "required": "phalanx.dev/rack" } }
+        }
+    }));
+    Api::<DynamicObject>::namespaced_with(client.clone(), NS, &resource)
+        .create(&PostParams::default(), &gang)
+        .await
+        .unwrap();
+    let scheduler = start_scheduler(&env).await;
+    let names: Vec<String> =
+        ["prefill", "decode"].iter().flat_map(|r| (0..2).map(move |i| format!("{r}-{i}"))).collect();
+    for name in &names {
+        create_pod(&client, name, None, "eight-gpus").await;
+    }
+    let bound = wait_bound(&client, &names).await;
+    let nodes: BTreeSet<String> = bound.iter().filter_map(node_of).collect();
+    assert_eq!(nodes.len(), 4, "one pod per node: {nodes:?}");
+    let racks: BTreeSet<usize> =
+        nodes.iter().map(|n| n.trim_start_matches("gpu-node-").parse::<usize>().unwrap() / 4).collect();
+    assert_eq!(racks, BTreeSet::from([0]), "all inside domain-0, the only rack that fits: {nodes:?}");
+    // Placed as one gang (not four pods that happened to fit): the events name it.
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let scheduled = wait::poll(TIMEOUT, "Scheduled events for the members", || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        let notes: Vec<String> =
+            list.into_iter().filter(|e| e.reason.as_deref() == Some("Scheduled")).filter_map(|e| e.message).collect();
+        (notes.len() >= 4).then_some(notes)
+    })
+    .await;
+    assert!(scheduled.iter().all(|n| n.contains("gang default/serving")), "{scheduled:?}");
+    scheduler.shutdown().await;
+}
