@@ -681,3 +681,85 @@ async fn grove_pod_gang_lands_whole_in_its_required_rack() {
     assert!(scheduled.iter().all(|n| n.contains("gang default/serving")), "{scheduled:?}");
     scheduler.shutdown().await;
 }
+
+fn condition_message(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Bad input loses nothing: a selector that fails at runtime, a malformed gang
+/// annotation and a pod pinned to a node that vanished each get a precise reason, and
+/// the scheduler keeps placing everyone else.
+#[tokio::test]
+async fn bad_input_gets_a_reason_and_everyone_else_is_served() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    // Valid CEL (the apiserver compiles it), but it fails on every device: no such key.
+    Api::<DeviceClass>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "broken.phalanx.dev" },
+                "spec": { "selectors": [{ "cel": { "expression": "device.attributes['gpu.phalanx.dev'].noSuchAttribute > 1" } }] }
+            })),
+        )
+        .await
+        .unwrap();
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "broken" },
+                "spec": { "spec": { "devices": { "requests": [
+                    { "name": "gpu", "exactly": { "deviceClassName": "broken.phalanx.dev" } }
+                ] } } }
+            })),
+        )
+        .await
+        .unwrap();
+    let scheduler = start_scheduler(&env).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+
+    create_pod(&client, "bad-selector", None, "broken").await;
+    let mut annotations = BTreeMap::new();
+    annotations.insert("phalanx.dev/gang-min-members", "three".to_owned());
+    let labels = BTreeMap::from([("phalanx.dev/gang", "typo".to_owned())]);
+    create_pod_with(&client, "bad-annotation", labels, annotations, "one-gpu").await;
+    Api::<Node>::all(client.clone()).delete("gpu-node-1", &Default::default()).await.unwrap();
+    let pinned: Pod = from_json(json!({
+        "metadata": { "name": "pinned-to-gone-node" },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "nodeSelector": { "kubernetes.io/hostname": "gpu-node-1" },
+            "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+            "resourceClaims": [{ "name": "gpu", "resourceClaimTemplateName": "one-gpu" }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                             "resources": { "claims": [{ "name": "gpu" }] } }]
+        }
+    }));
+    pods.create(&PostParams::default(), &pinned).await.unwrap();
+    create_pod(&client, "healthy", None, "one-gpu").await;
+
+    let healthy = wait_bound(&client, &["healthy".to_string()]).await;
+    assert_eq!(node_of(&healthy[0]).as_deref(), Some("gpu-node-0"), "not on the vanished node");
+    let selector = wait::until(&pods, "bad-selector", TIMEOUT, "a reason", told_unschedulable).await;
+    let message = condition_message(&selector);
+    assert!(message.contains("broken.phalanx.dev") && message.contains("noSuchAttribute"), "{message}");
+    let annotation = wait::until(&pods, "bad-annotation", TIMEOUT, "a reason", told_unschedulable).await;
+    let message = condition_message(&annotation);
+    assert!(message.contains("phalanx.dev/gang-min-members") && message.contains("three"), "{message}");
+    let pinned = wait::until(&pods, "pinned-to-gone-node", TIMEOUT, "a reason", told_unschedulable).await;
+    let message = condition_message(&pinned);
+    assert!(!message.is_empty(), "the pinned pod says why it waits");
+    for name in ["bad-selector", "bad-annotation", "pinned-to-gone-node"] {
+        let pod = pods.get(name).await.unwrap();
+        assert_eq!(node_of(&pod), None, "{name} not bound");
+        assert!(devices_of(&client, &pod).await.is_empty(), "{name} holds no device");
+    }
+    scheduler.shutdown().await;
+}
