@@ -23,18 +23,31 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 /// `nodes` kwok nodes with 8 GPUs each; every `per_domain` consecutive nodes share an
 /// NVLink domain (like trays of an NVL72 rack).
 async fn gpu_cluster(client: &Client, nodes: usize, per_domain: usize) {
-    Api::<DeviceClass>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "gpu.phalanx.dev" },
-                "spec": { "selectors": [{ "cel": { "expression": "device.driver == 'gpu.phalanx.dev'" } }] }
-            })),
-        )
+    device_class(client, "gpu.phalanx.dev", "device.driver == 'gpu.phalanx.dev'").await;
+    gpu_nodes(client, 0..nodes, per_domain).await;
+    claim_template(client, "eight-gpus", "gpu.phalanx.dev", 8).await;
+    claim_template(client, "one-gpu", "gpu.phalanx.dev", 1).await;
+}
+
+async fn device_class(client: &Client, name: &str, expression: &str) {
+    let class: DeviceClass = from_json(
+        json!({ "metadata": { "name": name }, "spec": { "selectors": [{ "cel": { "expression": expression } }] } }),
+    );
+    Api::<DeviceClass>::all(client.clone()).create(&PostParams::default(), &class).await.unwrap();
+}
+
+/// A template of one request `gpu` for `count` devices of `class`.
+async fn claim_template(client: &Client, name: &str, class: &str, count: u32) {
+    let template: ResourceClaimTemplate = from_json(json!({
+        "metadata": { "name": name },
+        "spec": { "spec": { "devices": { "requests": [
+            { "name": "gpu", "exactly": { "deviceClassName": class, "count": count } }
+        ] } } }
+    }));
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &template)
         .await
         .unwrap();
-    gpu_nodes(client, 0..nodes, per_domain).await;
-    gpu_templates(client).await;
 }
 
 /// Kwok nodes `range` with 8 GPUs each (see [`gpu_cluster`]).
@@ -89,33 +102,6 @@ async fn gpu_nodes(client: &Client, range: std::ops::Range<usize>, per_domain: u
     }
 }
 
-async fn gpu_templates(client: &Client) {
-    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "eight-gpus" },
-                "spec": { "spec": { "devices": { "requests": [
-                    { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 8 } }
-                ] } } }
-            })),
-        )
-        .await
-        .unwrap();
-    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "one-gpu" },
-                "spec": { "spec": { "devices": { "requests": [
-                    { "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev" } }
-                ] } } }
-            })),
-        )
-        .await
-        .unwrap();
-}
-
 async fn create_pod(client: &Client, name: &str, gang: Option<(&str, usize)>, template: &str) {
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
@@ -151,6 +137,18 @@ async fn start_scheduler(env: &TestEnv) -> service::Running {
     let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     config.leader_election.enabled = false;
     service::start(env.client(), config, "test".into()).await.expect("scheduler starts")
+}
+
+/// Installs a CRD from `tests/fixtures/` and waits until its `group`/v1alpha1 `kind` is
+/// served (the scheduler discovers gang APIs when it starts).
+async fn install_crd(client: &Client, fixture: &str, (group, kind): (&str, &str)) -> kube::api::ApiResource {
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    phalanx_testenv::apply::apply_file(client, &crd).await.unwrap();
+    let gvk = kube::api::GroupVersionKind::gvk(group, "v1alpha1", kind);
+    wait::poll(TIMEOUT, &format!("the {kind} CRD served"), || async {
+        kube::discovery::pinned_kind(client, &gvk).await.ok().map(|(r, _)| r)
+    })
+    .await
 }
 
 /// The pod carries `PodScheduled=False`: the scheduler told it why it waits.
@@ -465,17 +463,11 @@ async fn kube_scheduler_pods_are_left_alone_and_their_devices_respected() {
 /// the coscheduling phases with `scheduled` counted.
 #[tokio::test]
 async fn coscheduling_pod_group_is_placed_whole_and_its_status_kept() {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::api::DynamicObject;
     let env = TestEnv::start_default().await.expect("control plane starts");
     let client = env.client();
     gpu_cluster(&client, 2, 2).await;
-    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/coscheduling-podgroup-crd.yaml");
-    phalanx_testenv::apply::apply_file(&client, &crd).await.unwrap();
-    let gvk = GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup");
-    let resource: ApiResource = wait::poll(TIMEOUT, "the PodGroup CRD served", || async {
-        kube::discovery::pinned_kind(&client, &gvk).await.ok().map(|(r, _)| r)
-    })
-    .await;
+    let resource = install_crd(&client, "coscheduling-podgroup-crd.yaml", ("scheduling.x-k8s.io", "PodGroup")).await;
     let groups: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
     let group: DynamicObject = from_json(json!({
         "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
@@ -628,18 +620,12 @@ async fn workload_api_pod_group_is_a_gang() {
 /// on the rack label. The gang lands whole inside the one rack that can hold it.
 #[tokio::test]
 async fn grove_pod_gang_lands_whole_in_its_required_rack() {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::api::DynamicObject;
     let env = TestEnv::start_default().await.expect("control plane starts");
     let client = env.client();
     // domain-0: nodes 0-3 (32 GPUs); domain-1: nodes 4-5 (16 GPUs).
     gpu_cluster(&client, 6, 4).await;
-    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grove-podgang-crd.yaml");
-    phalanx_testenv::apply::apply_file(&client, &crd).await.unwrap();
-    let gvk = GroupVersionKind::gvk("scheduler.grove.io", "v1alpha1", "PodGang");
-    let resource: ApiResource = wait::poll(TIMEOUT, "the PodGang CRD served", || async {
-        kube::discovery::pinned_kind(&client, &gvk).await.ok().map(|(r, _)| r)
-    })
-    .await;
+    let resource = install_crd(&client, "grove-podgang-crd.yaml", ("scheduler.grove.io", "PodGang")).await;
     let refs =
         |role: &str| (0..2).map(|i| json!({ "namespace": NS, "name": format!("{role}-{i}") })).collect::<Vec<_>>();
     let gang: DynamicObject = from_json(json!({
@@ -700,28 +686,8 @@ async fn bad_input_gets_a_reason_and_everyone_else_is_served() {
     let client = env.client();
     gpu_cluster(&client, 2, 2).await;
     // Valid CEL (the apiserver compiles it), but it fails on every device: no such key.
-    Api::<DeviceClass>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "broken.phalanx.dev" },
-                "spec": { "selectors": [{ "cel": { "expression": "device.attributes['gpu.phalanx.dev'].noSuchAttribute > 1" } }] }
-            })),
-        )
-        .await
-        .unwrap();
-    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "broken" },
-                "spec": { "spec": { "devices": { "requests": [
-                    { "name": "gpu", "exactly": { "deviceClassName": "broken.phalanx.dev" } }
-                ] } } }
-            })),
-        )
-        .await
-        .unwrap();
+    device_class(&client, "broken.phalanx.dev", "device.attributes['gpu.phalanx.dev'].noSuchAttribute > 1").await;
+    claim_template(&client, "broken", "broken.phalanx.dev", 1).await;
     let scheduler = start_scheduler(&env).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
 
