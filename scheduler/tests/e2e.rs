@@ -617,7 +617,8 @@ async fn workload_api_pod_group_is_a_gang() {
 
 /// A Grove PodGang (its CRD from a test fixture), as Dynamo/Grove would create it: two
 /// pod groups (prefill, decode) with their own minimums and a required pack constraint
-/// on the rack label. The gang lands whole inside the one rack that can hold it.
+/// on the rack label. The gang lands whole inside the one rack that can hold it. The CRD
+/// is installed after the scheduler started: it finds the new API without a restart.
 #[tokio::test]
 async fn grove_pod_gang_lands_whole_in_its_required_rack() {
     use kube::api::DynamicObject;
@@ -625,7 +626,17 @@ async fn grove_pod_gang_lands_whole_in_its_required_rack() {
     let client = env.client();
     // domain-0: nodes 0-3 (32 GPUs); domain-1: nodes 4-5 (16 GPUs).
     gpu_cluster(&client, 6, 4).await;
+    let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    config.leader_election.enabled = false;
+    config.api_discovery_period_seconds = 1;
+    let scheduler = service::start(env.client(), config, "grove".into()).await.unwrap();
+    let watched = "phalanx_gang_api_watched{api=\"scheduler.grove.io/v1alpha1/PodGang\"}";
+    assert!(scheduler.metrics.encode().contains(&format!("{watched} 0")), "not served when the scheduler started");
     let resource = install_crd(&client, "grove-podgang-crd.yaml", ("scheduler.grove.io", "PodGang")).await;
+    wait::poll(TIMEOUT, "the scheduler to watch PodGangs", || async {
+        scheduler.metrics.encode().contains(&format!("{watched} 1")).then_some(())
+    })
+    .await;
     let refs =
         |role: &str| (0..2).map(|i| json!({ "namespace": NS, "name": format!("{role}-{i}") })).collect::<Vec<_>>();
     let gang: DynamicObject = from_json(json!({
@@ -643,7 +654,6 @@ async fn grove_pod_gang_lands_whole_in_its_required_rack() {
         .create(&PostParams::default(), &gang)
         .await
         .unwrap();
-    let scheduler = start_scheduler(&env).await;
     let names: Vec<String> =
         ["prefill", "decode"].iter().flat_map(|r| (0..2).map(move |i| format!("{r}-{i}"))).collect();
     for name in &names {

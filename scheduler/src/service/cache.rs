@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -18,6 +19,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use phalanx_scheduler_core::placement::Snapshot;
+
+use super::metrics::Metrics;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -32,6 +35,57 @@ struct Assumed {
     pods: HashMap<Key, String>,
 }
 
+/// Watches of the optional gang APIs, each set once the cluster serves it: at start, or
+/// later, when its CRD is installed or its API group turned on.
+#[derive(Default)]
+struct GangApis {
+    workload: OnceLock<Store<WorkloadPodGroup>>,
+    coscheduling: OnceLock<(Store<DynamicObject>, ApiResource)>,
+    pod_gangs: OnceLock<Store<DynamicObject>>,
+}
+
+impl GangApis {
+    fn all_watched(&self) -> bool {
+        self.workload.get().is_some() && self.coscheduling.get().is_some() && self.pod_gangs.get().is_some()
+    }
+
+    /// Starts a watch for every gang API now served and not yet watched; returns the names
+    /// of those started. Each store has its initial list when this returns.
+    async fn discover(&self, client: &Client, changed: &Arc<Notify>, metrics: &Metrics) -> Vec<&'static str> {
+        const WORKLOAD: &str = "scheduling.k8s.io/v1alpha2/PodGroup";
+        const COSCHEDULING: &str = "scheduling.x-k8s.io/v1alpha1/PodGroup";
+        const GROVE: &str = "scheduler.grove.io/v1alpha1/PodGang";
+        let mut started = Vec::new();
+        if self.workload.get().is_none() && served(client, "scheduling.k8s.io", "v1alpha2", "PodGroup").await.is_some()
+        {
+            let store = spawn_reflector(Api::<WorkloadPodGroup>::all(client.clone()), changed.clone());
+            let _ = store.wait_until_ready().await;
+            let _ = self.workload.set(store);
+            started.push(WORKLOAD);
+        }
+        if self.coscheduling.get().is_none()
+            && let Some(r) = served(client, "scheduling.x-k8s.io", "v1alpha1", "PodGroup").await
+        {
+            let store = spawn_dynamic(client, &r, changed.clone());
+            let _ = store.wait_until_ready().await;
+            let _ = self.coscheduling.set((store, r));
+            started.push(COSCHEDULING);
+        }
+        if self.pod_gangs.get().is_none()
+            && let Some(r) = served(client, "scheduler.grove.io", "v1alpha1", "PodGang").await
+        {
+            let store = spawn_dynamic(client, &r, changed.clone());
+            let _ = store.wait_until_ready().await;
+            let _ = self.pod_gangs.set(store);
+            started.push(GROVE);
+        }
+        metrics.gang_api(WORKLOAD, self.workload.get().is_some());
+        metrics.gang_api(COSCHEDULING, self.coscheduling.get().is_some());
+        metrics.gang_api(GROVE, self.pod_gangs.get().is_some());
+        started
+    }
+}
+
 /// Reflector stores of every kind placement reads.
 pub struct Cache {
     nodes: Store<Node>,
@@ -40,10 +94,7 @@ pub struct Cache {
     claims: Store<ResourceClaim>,
     classes: Store<DeviceClass>,
     templates: Store<ResourceClaimTemplate>,
-    workload_pod_groups: Option<Store<WorkloadPodGroup>>,
-    coscheduling_pod_groups: Option<Store<DynamicObject>>,
-    coscheduling_resource: Option<ApiResource>,
-    pod_gangs: Option<Store<DynamicObject>>,
+    gang_apis: Arc<GangApis>,
     assumed: Mutex<Assumed>,
     ready: Arc<AtomicBool>,
 }
@@ -97,36 +148,45 @@ async fn served(client: &Client, group: &str, version: &str, kind: &str) -> Opti
 }
 
 impl Cache {
-    /// Starts every watch. Gang APIs that the cluster does not serve are skipped (and
-    /// logged). `changed` is notified on every watch event.
-    pub async fn start(client: &Client, changed: Arc<Notify>) -> Self {
+    /// Starts every watch. Gang APIs the cluster does not serve yet are looked for again
+    /// every `discovery_period` (a discovery call, not a relist) and watched once they
+    /// appear. `changed` is notified on every watch event.
+    pub async fn start(
+        client: &Client,
+        changed: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        discovery_period: Duration,
+    ) -> Self {
         let all = |c: &Client| c.clone();
-        let workload = served(client, "scheduling.k8s.io", "v1alpha2", "PodGroup").await;
-        let cosched = served(client, "scheduling.x-k8s.io", "v1alpha1", "PodGroup").await;
-        let grove = served(client, "scheduler.grove.io", "v1alpha1", "PodGang").await;
-        info!(
-            workload_api = workload.is_some(),
-            coscheduling = cosched.is_some(),
-            grove = grove.is_some(),
-            "gang APIs served by this cluster"
-        );
-        Cache {
+        let cache = Cache {
             nodes: spawn_reflector(Api::all(all(client)), changed.clone()),
             pods: spawn_reflector(Api::all(all(client)), changed.clone()),
             slices: spawn_reflector(Api::all(all(client)), changed.clone()),
             claims: spawn_reflector(Api::all(all(client)), changed.clone()),
             classes: spawn_reflector(Api::all(all(client)), changed.clone()),
             templates: spawn_reflector(Api::all(all(client)), changed.clone()),
-            workload_pod_groups: workload.map(|_| spawn_reflector(Api::all(all(client)), changed.clone())),
-            coscheduling_pod_groups: cosched.as_ref().map(|r| spawn_dynamic(client, r, changed.clone())),
-            coscheduling_resource: cosched,
-            pod_gangs: grove.map(|r| spawn_dynamic(client, &r, changed.clone())),
+            gang_apis: Arc::default(),
             assumed: Mutex::default(),
             ready: Arc::new(AtomicBool::new(false)),
-        }
+        };
+        let found = cache.gang_apis.discover(client, &changed, &metrics).await;
+        info!(watched = ?found, "gang APIs served by this cluster");
+        let (apis, client) = (cache.gang_apis.clone(), client.clone());
+        tokio::spawn(async move {
+            while !apis.all_watched() {
+                tokio::time::sleep(discovery_period).await;
+                let found = apis.discover(&client, &changed, &metrics).await;
+                if !found.is_empty() {
+                    info!(watched = ?found, "gang API appeared; watching it");
+                    changed.notify_one();
+                }
+            }
+        });
+        cache
     }
 
-    /// Waits until every watch has delivered its initial list.
+    /// Waits until every watch has delivered its initial list (gang APIs found at start
+    /// already have).
     pub async fn wait_until_ready(&self) {
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
@@ -134,18 +194,12 @@ impl Cache {
         let _ = self.claims.wait_until_ready().await;
         let _ = self.classes.wait_until_ready().await;
         let _ = self.templates.wait_until_ready().await;
-        if let Some(s) = &self.workload_pod_groups {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in [&self.coscheduling_pod_groups, &self.pod_gangs].into_iter().flatten() {
-            let _ = s.wait_until_ready().await;
-        }
         self.ready.store(true, Ordering::Relaxed);
     }
 
     /// The scheduler-plugins `PodGroup` resource, when the cluster serves it.
     pub fn coscheduling_resource(&self) -> Option<&ApiResource> {
-        self.coscheduling_resource.as_ref()
+        self.gang_apis.coscheduling.get().map(|(_, r)| r)
     }
 
     /// Set once the initial lists are in (for `/readyz`).
@@ -220,12 +274,13 @@ impl Cache {
             resource_claim_templates: self.templates.state().iter().map(|t| (**t).clone()).collect(),
             pods,
             workload_pod_groups: self
-                .workload_pod_groups
-                .as_ref()
+                .gang_apis
+                .workload
+                .get()
                 .map(|s| s.state().iter().map(|g| (**g).clone()).collect())
                 .unwrap_or_default(),
-            coscheduling_pod_groups: typed(self.coscheduling_pod_groups.as_ref()),
-            pod_gangs: typed(self.pod_gangs.as_ref()),
+            coscheduling_pod_groups: typed(self.gang_apis.coscheduling.get().map(|(s, _)| s)),
+            pod_gangs: typed(self.gang_apis.pod_gangs.get()),
         }
     }
 

@@ -80,6 +80,9 @@ pub struct SchedulerConfig {
     pub batch_window_ms: u64,
     /// Allocator calls allowed per gang before it is declared unplaceable this cycle.
     pub max_attempts_per_gang: usize,
+    /// How often to look for gang APIs (PodGroup, PodGang CRDs) the cluster did not serve
+    /// yet, so installing one needs no restart.
+    pub api_discovery_period_seconds: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -92,6 +95,7 @@ impl Default for SchedulerConfig {
             commit_concurrency: 32,
             batch_window_ms: 20,
             max_attempts_per_gang: 20_000,
+            api_discovery_period_seconds: 30,
         }
     }
 }
@@ -118,6 +122,9 @@ impl SchedulerConfig {
         if config.scheduler_name.is_empty() {
             return Err(ConfigError::Invalid("schedulerName must not be empty".into()));
         }
+        if config.api_discovery_period_seconds == 0 {
+            return Err(ConfigError::Invalid("apiDiscoveryPeriodSeconds must be at least 1".into()));
+        }
         if config.commit_concurrency == 0 {
             return Err(ConfigError::Invalid("commitConcurrency must be at least 1".into()));
         }
@@ -134,6 +141,11 @@ impl SchedulerConfig {
     /// The batch window.
     pub fn batch_window(&self) -> Duration {
         Duration::from_millis(self.batch_window_ms)
+    }
+
+    /// The gang API discovery period.
+    pub fn api_discovery_period(&self) -> Duration {
+        Duration::from_secs(self.api_discovery_period_seconds)
     }
 }
 
@@ -160,6 +172,34 @@ mod tests {
             ("gpu-gangs", false, 4)
         );
         assert_eq!(c.batch_window_ms, 20, "unset fields keep their defaults");
+    }
+
+    /// deploy/scheduler/config.yaml says it lists the defaults (but the Lease's namespace):
+    /// keep it true.
+    #[test]
+    fn shipped_config_is_the_defaults() {
+        let manifest = include_str!("../../../deploy/scheduler/config.yaml");
+        let configmap: serde_yaml::Value = serde_yaml::from_str(manifest).unwrap();
+        let text = configmap["data"]["config.yaml"].as_str().expect("data.config.yaml");
+        let shipped = SchedulerConfig::parse(text).unwrap();
+        let defaults = SchedulerConfig::default();
+        assert_eq!(shipped.leader_election.enabled, defaults.leader_election.enabled);
+        assert_eq!(
+            (shipped.scheduler_name, shipped.bind_address, shipped.commit_concurrency, shipped.batch_window_ms),
+            (defaults.scheduler_name, defaults.bind_address, defaults.commit_concurrency, defaults.batch_window_ms)
+        );
+        assert_eq!(
+            (shipped.max_attempts_per_gang, shipped.api_discovery_period_seconds),
+            (defaults.max_attempts_per_gang, defaults.api_discovery_period_seconds)
+        );
+        let (s, d) = (&shipped.leader_election, &defaults.leader_election);
+        assert_eq!(
+            (s.lease_duration_seconds, s.retry_period_seconds),
+            (d.lease_duration_seconds, d.retry_period_seconds)
+        );
+        assert_eq!(s.name, d.name);
+        assert_eq!(s.namespace, "phalanx-system", "the namespace of deploy/scheduler");
+        assert_eq!(shipped.topology, defaults.topology);
     }
 
     #[test]

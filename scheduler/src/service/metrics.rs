@@ -21,6 +21,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// Label of `phalanx_gang_api_watched`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    /// e.g. `scheduler.grove.io/v1alpha1/PodGang`.
+    pub api: String,
+}
+
 /// Every metric, registered in one registry.
 pub struct Metrics {
     /// Gang scheduling attempts by result.
@@ -35,6 +42,8 @@ pub struct Metrics {
     pub placement_score: Histogram,
     /// Pods bound.
     pub pods_bound: Counter,
+    /// 1 for each gang API the scheduler watches (served by the cluster), 0 otherwise.
+    pub gang_api_watched: Family<ApiLabel, Gauge>,
     /// The registry to encode.
     pub registry: Registry,
 }
@@ -56,7 +65,18 @@ impl Default for Metrics {
         registry.register("placement_score", "Placement score in [0, 1] of placed gangs", placement_score.clone());
         let pods_bound = Counter::default();
         registry.register("pods_bound", "Pods bound by this scheduler", pods_bound.clone());
-        Metrics { attempts, phase_seconds, queue_depth, pending_gangs, placement_score, pods_bound, registry }
+        let gang_api_watched = Family::<ApiLabel, Gauge>::default();
+        registry.register("gang_api_watched", "Gang APIs watched (1) or not served yet (0)", gang_api_watched.clone());
+        Metrics {
+            attempts,
+            phase_seconds,
+            queue_depth,
+            pending_gangs,
+            placement_score,
+            pods_bound,
+            gang_api_watched,
+            registry,
+        }
     }
 }
 
@@ -69,6 +89,11 @@ impl Metrics {
     /// Records `seconds` for `phase`.
     pub fn phase(&self, phase: &str, seconds: f64) {
         self.phase_seconds.get_or_create(&PhaseLabel { phase: phase.into() }).observe(seconds);
+    }
+
+    /// Records whether the gang API `api` is watched.
+    pub fn gang_api(&self, api: &str, watched: bool) {
+        self.gang_api_watched.get_or_create(&ApiLabel { api: api.into() }).set(i64::from(watched));
     }
 
     /// The text exposition format.

@@ -56,7 +56,7 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
     let (stop_tx, stop) = watch::channel(false);
     let changed = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(Cache::start(&client, changed.clone()).await);
+    let cache = Arc::new(Cache::start(&client, changed.clone(), metrics.clone(), config.api_discovery_period()).await);
 
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let http_state = http::HttpState { metrics: metrics.clone(), ready: cache.ready_flag() };
@@ -100,10 +100,9 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
         rx
     };
 
-    let pod_groups =
-        cache.coscheduling_resource().map(|r| podgroup::PodGroupStatusWriter::new(client.clone(), r.clone()));
     let scheduler = Scheduler {
-        pod_groups,
+        client: client.clone(),
+        pod_groups: std::sync::OnceLock::new(),
         committer: {
             let cache = cache.clone();
             Committer::new(client.clone(), config.scheduler_name.clone())
@@ -123,7 +122,9 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
 }
 
 struct Scheduler {
-    pod_groups: Option<podgroup::PodGroupStatusWriter>,
+    client: Client,
+    /// Created once the cluster serves scheduler-plugins PodGroups.
+    pod_groups: std::sync::OnceLock<podgroup::PodGroupStatusWriter>,
     config: SchedulerConfig,
     cache: Arc<Cache>,
     committer: Committer,
@@ -235,7 +236,10 @@ impl Scheduler {
         self.reporter.retain_waiting(&waiting);
         let queue = waiting.len();
         self.metrics.queue_depth.set(queue as i64);
-        if let Some(writer) = &self.pod_groups {
+        if let Some(resource) = self.cache.coscheduling_resource() {
+            let writer = self
+                .pod_groups
+                .get_or_init(|| podgroup::PodGroupStatusWriter::new(self.client.clone(), resource.clone()));
             writer.sync(&snapshot.coscheduling_pod_groups, &snapshot.pods).await;
         }
         if queue == 0 {
