@@ -522,10 +522,23 @@ impl Committer {
     }
 
     async fn recover_gang(&self, gang: &RecoveringGang) -> Result<RecoveryAction, CommitError> {
-        let mut complete = gang.members.len() >= gang.needed;
+        // The members as the API server has them now (the caller's copies may be stale):
+        // a member bound meanwhile is done, and its claims are never touched.
+        let mut fresh = Vec::new();
+        let mut bound = 0;
+        for pod in &gang.members {
+            let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            let now = self.pods(&ns).get_opt(&name).await.map_err(api_err(format!("reading pod {ns}/{name}")))?;
+            match now {
+                Some(p) if p.uid() == pod.uid() && p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) => bound += 1,
+                Some(p) if p.uid() == pod.uid() => fresh.push(p),
+                _ => {}
+            }
+        }
+        let mut complete = bound + fresh.len() >= gang.needed;
         let mut plan = GangPlan { gang: gang.gang.clone(), members: Vec::new() };
         let mut written = Vec::new();
-        for pod in &gang.members {
+        for pod in &fresh {
             let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
             let uid = pod.uid().unwrap_or_default();
             let node = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).unwrap_or_default();
@@ -573,6 +586,8 @@ impl Committer {
             self.bind_all(&plan).await?;
             Ok(RecoveryAction::RolledForward)
         } else {
+            // Only unbound members are in the plan: a member already bound keeps its claims
+            // (a binding cannot be undone), and the next cycle places the rest beside it.
             let nominated: Vec<_> = plan.members.iter().map(|m| (m.namespace.clone(), m.name.clone())).collect();
             self.roll_back(&written, &nominated).await;
             Ok(RecoveryAction::RolledBack)

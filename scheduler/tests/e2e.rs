@@ -739,3 +739,85 @@ async fn bad_input_gets_a_reason_and_everyone_else_is_served() {
     }
     scheduler.shutdown().await;
 }
+
+/// A half-done commit appearing while the scheduler leads (as a rollback that failed
+/// half-way leaves it): one member's claim allocated and reserved, both members with an
+/// intent, the other claim never written. The next cycle rolls it back: the gang (16
+/// GPUs, 15 free) cannot fit and waits holding nothing; placement alone would have kept
+/// the stray allocation as if someone else held it.
+#[tokio::test]
+async fn half_done_commit_found_while_leading_is_rolled_back() {
+    use kube::api::{Patch, PatchParams};
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for m in ["a", "b"] {
+        let claim: ResourceClaim = from_json(json!({
+            "metadata": { "name": format!("claim-{m}") },
+            "spec": { "devices": { "requests": [{ "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 8 } }] } }
+        }));
+        claims.create(&PostParams::default(), &claim).await.unwrap();
+        let pod: Pod = from_json(json!({
+            "metadata": { "name": format!("half-{m}"), "labels": { "phalanx.dev/gang": "half" },
+                          "annotations": { "phalanx.dev/gang-min-members": "2" } },
+            "spec": {
+                "schedulerName": "phalanx-scheduler",
+                "schedulingGates": [{ "name": "test.phalanx.dev/hold" }],
+                "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+                "resourceClaims": [{ "name": "gpu", "resourceClaimName": format!("claim-{m}") }],
+                "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": { "claims": [{ "name": "gpu" }] } }]
+            }
+        }));
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let scheduler = start_scheduler(&env).await;
+    // A witness bound: the scheduler is past its start-up recovery and cycling.
+    create_pod(&client, "witness", None, "one-gpu").await;
+    let witness = wait_bound(&client, &["witness".to_string()]).await;
+    let node = if node_of(&witness[0]).as_deref() == Some("gpu-node-0") { "gpu-node-1" } else { "gpu-node-0" };
+
+    // The half-done state, on the node without the witness, as a failed rollback leaves it.
+    let a = pods.get("half-a").await.unwrap();
+    for m in ["half-a", "half-b"] {
+        let intent = json!({ "status": { "nominatedNodeName": node } });
+        pods.patch_status(m, &PatchParams::default(), &Patch::Merge(&intent)).await.unwrap();
+    }
+    let finalizer = json!({ "metadata": { "finalizers": ["resource.kubernetes.io/delete-protection"] } });
+    claims.patch("claim-a", &PatchParams::default(), &Patch::Merge(&finalizer)).await.unwrap();
+    let results: Vec<_> = (0..8)
+        .map(|i| json!({ "request": "gpu", "driver": "gpu.phalanx.dev", "pool": node, "device": format!("gpu-{i}") }))
+        .collect();
+    let status = json!({ "status": {
+        "allocation": { "devices": { "results": results },
+            "nodeSelector": { "nodeSelectorTerms": [{ "matchFields": [
+                { "key": "metadata.name", "operator": "In", "values": [node] }] }] } },
+        "reservedFor": [{ "resource": "pods", "name": "half-a", "uid": a.uid().unwrap() }]
+    }});
+    claims.patch_status("claim-a", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    for m in ["half-a", "half-b"] {
+        let ungate = json!({ "spec": { "schedulingGates": null } });
+        pods.patch(m, &PatchParams::default(), &Patch::Merge(&ungate)).await.unwrap();
+    }
+
+    // Released: no allocation, no reservation, and (a second write) no finalizer.
+    wait::until(&claims, "claim-a", TIMEOUT, "released", |c: Option<&ResourceClaim>| {
+        c.is_some_and(|c| {
+            c.status
+                .as_ref()
+                .is_none_or(|s| s.allocation.is_none() && s.reserved_for.as_ref().is_none_or(Vec::is_empty))
+                && !c.finalizers().iter().any(|f| f == "resource.kubernetes.io/delete-protection")
+        })
+    })
+    .await;
+    for m in ["half-a", "half-b"] {
+        let pod = wait::until(&pods, m, TIMEOUT, "told why it waits", told_unschedulable).await;
+        assert_eq!(node_of(&pod), None, "{m} not bound");
+        let intent = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone());
+        assert_eq!(intent, None, "{m}: intent cleared");
+    }
+    assert!(claims.get("claim-b").await.unwrap().status.and_then(|s| s.allocation).is_none());
+    scheduler.shutdown().await;
+}

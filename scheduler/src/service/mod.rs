@@ -137,20 +137,12 @@ impl Scheduler {
     async fn run(self, mut leading: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
         self.cache.wait_until_ready().await;
         info!(scheduler = %self.config.scheduler_name, "caches synced");
-        let mut recovered = false;
         loop {
             if *stop.borrow() {
                 break;
             }
             if *leading.borrow() {
-                if !recovered {
-                    self.recover().await;
-                    recovered = true;
-                }
                 self.cycle().await;
-            } else {
-                // A follower must re-check half-done commits when it takes over.
-                recovered = false;
             }
             tokio::select! {
                 _ = self.changed.notified() => {}
@@ -177,9 +169,12 @@ impl Scheduler {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str())
     }
 
-    /// Finishes commits a previous leader left half-done (pods with our intent, unbound).
-    async fn recover(&self) {
-        let snapshot = self.cache.snapshot();
+    /// Finishes half-done commits: unbound pods of ours with an intent. Between cycles no
+    /// commit is in flight (a cycle awaits its commits, and successful ones are assumed
+    /// bound in the snapshot), so such a pod is left from a crashed leader or from a
+    /// rollback that failed half-way. Returns the gangs it worked on (their state is not
+    /// what the snapshot shows; they are placed again on a later cycle).
+    async fn recover(&self, snapshot: &Snapshot) -> HashSet<String> {
         let intents: Vec<Pod> = snapshot
             .pods
             .iter()
@@ -188,9 +183,9 @@ impl Scheduler {
             .cloned()
             .collect();
         if intents.is_empty() {
-            return;
+            return HashSet::new();
         }
-        let assembly = self.assemble(&snapshot);
+        let assembly = self.assemble(snapshot);
         let with_intent: HashSet<(String, String)> =
             intents.iter().map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect();
         let mut gangs = Vec::new();
@@ -215,6 +210,7 @@ impl Scheduler {
         }
         info!(gangs = gangs.len(), "recovering half-done commits");
         self.committer.recover(&gangs).await;
+        gangs.into_iter().map(|g| g.gang).collect()
     }
 
     async fn cycle(&self) {
@@ -226,6 +222,7 @@ impl Scheduler {
         // them as `PodScheduled=False` / `SchedulingGated`.
         snapshot.pods.retain(|p| !is_gated(p));
         self.metrics.phase("snapshot", started.elapsed().as_secs_f64());
+        let recovered = self.recover(&snapshot).await;
         let waiting: HashSet<(String, String)> = snapshot
             .pods
             .iter()
@@ -267,6 +264,9 @@ impl Scheduler {
         // kube-controller-manager's to report, on the pod.
         let (mut gangs, waiting_for_claims): (Vec<_>, Vec<_>) =
             assembly.gangs.into_iter().partition(|g| g.members.iter().all(|m| index.claims_generated(&m.pod)));
+        // Gangs recovery just rolled forward or back are placed on a later snapshot, which
+        // shows what recovery wrote (its writes' watch events bring that cycle).
+        gangs.retain(|g| !recovered.contains(&g.key.to_string()));
         crate::simulate::order(&mut gangs);
         debug!(
             queue,
