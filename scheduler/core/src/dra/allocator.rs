@@ -427,6 +427,15 @@ impl<'s> Search<'s> {
                     request: req.name.clone(),
                     message: m.to_string(),
                 };
+                // Results are keyed by these names; the API server rejects a claim whose
+                // names are empty or repeated, so one that has them came from elsewhere.
+                if req.name.is_empty() || requests[..ri].iter().any(|r| r.name == req.name) {
+                    return Err(invalid("request names must be non-empty and unique within the claim"));
+                }
+                if subs.iter().enumerate().any(|(i, s)| s.name.is_empty() || subs[..i].iter().any(|t| t.name == s.name))
+                {
+                    return Err(invalid("subrequest names must be non-empty and unique within the request"));
+                }
                 if !f.prioritized_list && has_subs {
                     return Err(invalid("has subrequests, but the DRAPrioritizedList feature is disabled"));
                 }
