@@ -277,6 +277,8 @@ impl Scheduler {
         );
         let mut plans = Vec::new();
         let mut pending = 0;
+        // Why pods wait, told after the commits (which is what users wait for), many at once.
+        let mut waiting_reports: Vec<(&Pod, String)> = Vec::new();
         for gang in &gangs {
             match placer.place_gang(gang) {
                 GangOutcome::Placed(plan) => match index.gang_plan(&plan) {
@@ -291,11 +293,12 @@ impl Scheduler {
                     pending += 1;
                     self.metrics.attempt("unschedulable");
                     let message = pending_message(&p);
-                    for pod in &p.pods {
-                        if let Some(live) = index.pod(&pod.namespace, &pod.name) {
-                            self.reporter.unschedulable(live, &message).await;
-                        }
-                    }
+                    waiting_reports.extend(
+                        p.pods
+                            .iter()
+                            .filter_map(|pod| index.pod(&pod.namespace, &pod.name))
+                            .map(|live| (live, message.clone())),
+                    );
                 }
             }
         }
@@ -303,32 +306,48 @@ impl Scheduler {
             pending += 1;
             self.metrics.attempt("unschedulable");
             let message = format!("gang {}: {}", problem.gang, problem.error);
-            for pod in &problem.pods {
-                if let Some(live) = index.pod(&pod.namespace, &pod.name) {
-                    self.reporter.unschedulable(live, &message).await;
-                }
-            }
+            waiting_reports.extend(
+                problem
+                    .pods
+                    .iter()
+                    .filter_map(|pod| index.pod(&pod.namespace, &pod.name))
+                    .map(|live| (live, message.clone())),
+            );
         }
         self.metrics.pending_gangs.set(pending);
         self.metrics.phase("place", place_started.elapsed().as_secs_f64());
+        self.commit(plans, &index).await;
+        // By index: a closure over borrowed items would not be `Send` for every lifetime.
+        let waiting_reports = &waiting_reports;
+        futures::stream::iter(0..waiting_reports.len())
+            .map(|i| async move {
+                let (pod, message) = &waiting_reports[i];
+                self.reporter.unschedulable(pod, message).await
+            })
+            .buffer_unordered(REPORT_CONCURRENCY)
+            .count()
+            .await;
+        self.metrics.phase("cycle", started.elapsed().as_secs_f64());
+    }
+
+    /// Assumes every plan's writes in the cache, then commits the gangs,
+    /// `commit_concurrency` at a time.
+    async fn commit(&self, plans: Vec<(Plan, GangPlan)>, index: &SnapshotIndex<'_>) {
         if plans.is_empty() {
             return;
         }
-
         let commit_started = Instant::now();
         for (_, gp) in &plans {
             let (claims, pods) = assumptions(gp);
             self.cache.assume(claims, pods);
         }
-        let index = &index;
         let committed: usize = futures::stream::iter(plans)
             .map(|(plan, gp)| self.commit_gang(plan, gp, index))
             .buffer_unordered(self.config.commit_concurrency)
             .count()
             .await;
         self.metrics.phase("commit", commit_started.elapsed().as_secs_f64());
-        self.metrics.phase("cycle", started.elapsed().as_secs_f64());
-        debug!(gangs = committed, "cycle done");
+        debug!(gangs = committed, "commits done");
     }
 }
 
@@ -374,6 +393,9 @@ fn is_gated(pod: &Pod) -> bool {
         .as_ref()
         .is_some_and(|s| s.node_name.is_none() && s.scheduling_gates.as_ref().is_some_and(|g| !g.is_empty()))
 }
+
+/// `FailedScheduling` reports (an event and a status patch each) in flight at once.
+const REPORT_CONCURRENCY: usize = 32;
 
 /// Domain reasons shown in a pending pod's condition; the rest are counted.
 const REASONS_SHOWN: usize = 6;
