@@ -325,6 +325,7 @@ async fn two_hundred_single_gpu_pods() {
 /// account, with leader election on): a gang is scheduled, so the grants suffice.
 #[tokio::test]
 async fn deploy_rbac_is_enough_to_schedule_a_gang() {
+    use kube::api::DynamicObject;
     let env = TestEnv::start_default().await.expect("control plane starts");
     let admin = env.client();
     gpu_cluster(&admin, 2, 2).await;
@@ -332,15 +333,24 @@ async fn deploy_rbac_is_enough_to_schedule_a_gang() {
     phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
     phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
     let as_scheduler = env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap();
+    // The gang is a scheduler-plugins PodGroup, so its status writes are covered too.
+    let resource = install_crd(&admin, "coscheduling-podgroup-crd.yaml", ("scheduling.x-k8s.io", "PodGroup")).await;
+    let groups: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &resource);
+    let group: DynamicObject = from_json(json!({
+        "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+        "metadata": { "name": "rbac", "namespace": NS }, "spec": { "minMember": 2 }
+    }));
+    groups.create(&PostParams::default(), &group).await.unwrap();
+    let member = || BTreeMap::from([("scheduling.x-k8s.io/pod-group", "rbac".to_owned())]);
 
     // What it was not granted stays denied, e.g. deleting pods.
     let pods: Api<Pod> = Api::namespaced(as_scheduler.clone(), NS);
-    create_pod(&admin, "rbac-0", Some(("rbac", 2)), "one-gpu").await;
+    create_pod_with(&admin, "rbac-0", member(), BTreeMap::new(), "one-gpu").await;
     assert!(
         matches!(pods.delete("rbac-0", &Default::default()).await, Err(kube::Error::Api(s)) if s.code == 403),
         "the scheduler may not delete pods"
     );
-    create_pod(&admin, "rbac-1", Some(("rbac", 2)), "one-gpu").await;
+    create_pod_with(&admin, "rbac-1", member(), BTreeMap::new(), "one-gpu").await;
 
     let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     config.leader_election.namespace = "phalanx-system".into();
@@ -352,6 +362,11 @@ async fn deploy_rbac_is_enough_to_schedule_a_gang() {
     wait::poll(TIMEOUT, "a Scheduled event", || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items.into_iter().find(|e| e.reason.as_deref() == Some("Scheduled"))
+    })
+    .await;
+    wait::poll(TIMEOUT, "the PodGroup status written as the scheduler", || async {
+        let g = groups.get("rbac").await.ok()?;
+        (g.data.get("status")?.get("scheduled")? == &json!(2)).then_some(())
     })
     .await;
     scheduler.shutdown().await;
