@@ -45,7 +45,8 @@ fn scheduler(env: &TestEnv, failpoint: Option<&std::path::Path>, log: &str) -> S
     Scheduler(cmd.spawn().expect("scheduler binary starts"))
 }
 
-async fn cluster(client: &Client) {
+/// Two kwok nodes with four GPUs each.
+async fn nodes(client: &Client) {
     Api::<DeviceClass>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -82,6 +83,11 @@ async fn cluster(client: &Client) {
             .await
             .unwrap();
     }
+}
+
+/// A gang of four pods with two GPUs each: all eight GPUs.
+async fn cluster(client: &Client) {
+    nodes(client).await;
     for i in 0..4 {
         let claim: ResourceClaim = from_json(json!({
             "metadata": { "name": format!("claim-{i}") },
@@ -143,4 +149,61 @@ async fn sigkill_between_claims_and_bindings_then_restart_binds_the_whole_gang()
     }
     let distinct: BTreeSet<_> = devices.iter().collect();
     assert_eq!((devices.len(), distinct.len()), (8, 8), "no device in two claims: {devices:?}");
+}
+
+/// A gang of one records no intent; killed between its claim write and its binding, the
+/// restarted scheduler finds the claim reserved for an unbound pod, releases it and
+/// places the pod again: bound once, its claim allocated and reserved for it alone.
+#[tokio::test]
+async fn sigkill_between_claim_and_binding_of_a_single_pod_then_restart_binds_it() {
+    let env = TestEnv::start_default().await.expect("control plane starts");
+    let client = env.client();
+    nodes(&client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let solo: ResourceClaim = from_json(json!({
+        "metadata": { "name": "solo" },
+        "spec": { "devices": { "requests": [{ "name": "gpu", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 2 } }] } }
+    }));
+    claims.create(&PostParams::default(), &solo).await.unwrap();
+    let pod: Pod = from_json(json!({
+        "metadata": { "name": "solo" },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "tolerations": [{ "key": "kwok.x-k8s.io/node", "operator": "Exists" }],
+            "resourceClaims": [{ "name": "gpu", "resourceClaimName": "solo" }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10", "resources": { "claims": [{ "name": "gpu" }] } }]
+        }
+    }));
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+
+    let marker = env.dir().join("reserved");
+    let mut first = scheduler(&env, Some(&marker), "solo-1");
+    wait::poll(TIMEOUT, "the scheduler to reach the failpoint", || async { marker.exists().then_some(()) }).await;
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().unwrap();
+
+    let half = pods.get("solo").await.unwrap();
+    assert!(half.spec.as_ref().unwrap().node_name.is_none(), "not bound before the kill");
+    assert!(half.status.as_ref().unwrap().nominated_node_name.is_none(), "a gang of one records no intent");
+    let status = claims.get("solo").await.unwrap().status.unwrap();
+    assert!(status.allocation.is_some(), "claim written before the kill");
+    assert_eq!(status.reserved_for.unwrap_or_default().len(), 1);
+
+    let _second = scheduler(&env, None, "solo-2");
+    let bound = wait::until(&pods, "solo", TIMEOUT, "bound after restart", |p: Option<&Pod>| {
+        p.and_then(|p| p.spec.as_ref()).and_then(|s| s.node_name.as_ref()).is_some()
+    })
+    .await;
+    let status = claims.get("solo").await.unwrap().status.unwrap();
+    let reserved = status.reserved_for.unwrap_or_default();
+    assert_eq!(reserved.len(), 1, "reserved once");
+    assert_eq!(Some(&reserved[0].uid), bound.uid().as_ref());
+    let results = status.allocation.unwrap().devices.unwrap().results.unwrap_or_default();
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| Some(&r.pool) == node_of(&bound).as_ref()), "devices on the pod's node");
+}
+
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }

@@ -169,12 +169,48 @@ impl Scheduler {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str())
     }
 
-    /// Finishes half-done commits: unbound pods of ours with an intent. Between cycles no
-    /// commit is in flight (a cycle awaits its commits, and successful ones are assumed
-    /// bound in the snapshot), so such a pod is left from a crashed leader or from a
-    /// rollback that failed half-way. Returns the gangs it worked on (their state is not
-    /// what the snapshot shows; they are placed again on a later cycle).
-    async fn recover(&self, snapshot: &Snapshot) -> HashSet<String> {
+    /// Finishes half-done commits: unbound pods of ours with an intent, and claims
+    /// reserved for an unbound pod of ours without one (a gang of one records no intent).
+    /// Between cycles no commit is in flight (a cycle awaits its commits, and successful
+    /// ones are assumed bound in the snapshot), so either is left from a crashed leader or
+    /// from a rollback that failed half-way. Returns the pods it worked on: their gangs'
+    /// state is not what the snapshot shows, so they are placed again on a later cycle.
+    async fn recover(&self, snapshot: &Snapshot) -> HashSet<(String, String)> {
+        let mut touched = self.recover_intents(snapshot).await;
+        touched.extend(self.release_orphan_reservations(snapshot).await);
+        touched
+    }
+
+    /// Releases claims reserved for unbound pods of ours that carry no intent.
+    async fn release_orphan_reservations(&self, snapshot: &Snapshot) -> HashSet<(String, String)> {
+        let unbound: HashMap<&str, &Pod> = snapshot
+            .pods
+            .iter()
+            .filter(|p| self.is_ours(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+            .filter(|p| p.status.as_ref().is_none_or(|s| s.nominated_node_name.is_none()))
+            .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
+            .collect();
+        let mut touched = HashSet::new();
+        if unbound.is_empty() {
+            return touched;
+        }
+        for claim in &snapshot.resource_claims {
+            let reserved = claim.status.as_ref().and_then(|s| s.reserved_for.as_ref());
+            for consumer in reserved.into_iter().flatten().filter(|c| c.resource == "pods") {
+                let Some(pod) = unbound.get(consumer.uid.as_str()) else { continue };
+                let (ns, name) = (claim.namespace().unwrap_or_default(), claim.name_any());
+                info!(claim = %format!("{ns}/{name}"), pod = %pod.name_any(), "releasing a reservation a half-done commit left");
+                if let Err(e) = self.committer.release_reservation(&ns, &name, &consumer.uid).await {
+                    warn!(claim = %name, error = %e, "releasing the reservation failed; retried on the next cycle");
+                }
+                touched.insert((pod.namespace().unwrap_or_default(), pod.name_any()));
+            }
+        }
+        touched
+    }
+
+    /// Rolls gangs whose members carry an intent forward or back.
+    async fn recover_intents(&self, snapshot: &Snapshot) -> HashSet<(String, String)> {
         let intents: Vec<Pod> = snapshot
             .pods
             .iter()
@@ -210,7 +246,7 @@ impl Scheduler {
         }
         info!(gangs = gangs.len(), "recovering half-done commits");
         self.committer.recover(&gangs).await;
-        gangs.into_iter().map(|g| g.gang).collect()
+        gangs.iter().flat_map(|g| &g.members).map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect()
     }
 
     async fn cycle(&self) {
@@ -266,7 +302,7 @@ impl Scheduler {
             assembly.gangs.into_iter().partition(|g| g.members.iter().all(|m| index.claims_generated(&m.pod)));
         // Gangs recovery just rolled forward or back are placed on a later snapshot, which
         // shows what recovery wrote (its writes' watch events bring that cycle).
-        gangs.retain(|g| !recovered.contains(&g.key.to_string()));
+        gangs.retain(|g| !g.members.iter().any(|m| recovered.contains(&(m.pod.namespace.clone(), m.pod.name.clone()))));
         crate::simulate::order(&mut gangs);
         debug!(
             queue,
