@@ -284,8 +284,10 @@ pub fn run(n: u64, seed: u64) -> Report {
     report
 }
 
-/// Re-runs upstream 20 times on stable-allocator verdict disagreements; if one run
-/// gives our verdict, the disagreement was Go map order.
+/// Re-runs upstream on stable-allocator verdict disagreements, up to 300 times in
+/// batches of 30; if one run gives our verdict, the disagreement was Go map order. (Some
+/// scenarios give our verdict in only ~7 % of upstream runs: 20 re-runs missed it about
+/// one time in four, and CI failed on it.)
 fn recheck_stable(scenarios: &[Value], report: &mut Report) {
     let by_id: BTreeMap<&str, &Value> = scenarios.iter().map(|s| (s["id"].as_str().unwrap_or(""), s)).collect();
     let mut kept = Vec::new();
@@ -295,8 +297,8 @@ fn recheck_stable(scenarios: &[Value], report: &mut Report) {
             continue;
         };
         let ours = verdict(&run_ours(s).0);
-        let again = run_upstream(&vec![s.clone(); 20]);
-        if again.iter().any(|up| upstream_verdict(up) == ours) {
+        let matched = (0..10).any(|_| run_upstream(&vec![s.clone(); 30]).iter().any(|up| upstream_verdict(up) == ours));
+        if matched {
             report.stable_order_dependent += 1;
             report.verdict_agree += 1;
         } else {
