@@ -322,7 +322,7 @@ impl Publisher {
         let mut events = std::pin::pin!(watcher(self.api.clone(), config));
         loop {
             match events.try_next().await {
-                Ok(Some(event)) => self.observe(event),
+                Ok(Some(event)) => self.observe(&driver, event),
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, driver, "slice watch failed; retrying");
@@ -332,11 +332,24 @@ impl Publisher {
         }
     }
 
-    fn observe(&self, event: watcher::Event<ResourceSlice>) {
+    fn observe(&self, driver: &str, event: watcher::Event<ResourceSlice>) {
         let (slice, deleted) = match event {
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => (s, false),
             watcher::Event::Delete(s) => (s, true),
-            watcher::Event::Init | watcher::Event::InitDone => return,
+            watcher::Event::Init => return,
+            watcher::Event::InitDone => {
+                // A (re)list shows what exists, not what went away before it: a slice
+                // deleted before the first list, or while the watch was down, sends no
+                // Delete. So every pool of this driver is checked (writing only on drift).
+                let keys: Vec<PoolKey> = {
+                    let state = self.state.lock().expect("publisher state");
+                    state.pools.keys().filter(|(d, _)| d == driver).cloned().collect()
+                };
+                for key in keys {
+                    let _ = self.queue.send(key);
+                }
+                return;
+            }
         };
         let Some(node) = slice.spec.node_name.clone() else { return };
         let key = (slice.spec.driver.clone(), node);
