@@ -51,7 +51,9 @@ async fn one_leader_then_hand_over_then_take_over() {
         assert!(started.elapsed() < Duration::from_secs(10), "a never took over");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(took_over >= Duration::from_millis(1900), "took over too early: {took_over:?}");
+    // Expiry counts from a's own first sight of b's record, a little before `started`
+    // (more under load), so allow slack; taking over early would show as ~0.
+    assert!(took_over >= Duration::from_millis(1500), "took over too early: {took_over:?}");
     assert_eq!(holder(&env).await.as_deref(), Some("a"));
     let transitions = Api::<Lease>::namespaced(env.client(), "default")
         .get("phalanx-scheduler")
