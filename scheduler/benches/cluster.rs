@@ -21,7 +21,7 @@ use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use phalanx_scheduler::service::{self, config::SchedulerConfig};
-use phalanx_testenv::{TestEnv, apply};
+use phalanx_testenv::{TestEnv, apply, wait};
 use serde_json::json;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -125,14 +125,6 @@ async fn count_bound(client: &Client, prefix: &str) -> usize {
         .count()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -185,8 +177,8 @@ spec: { spec: { devices: { requests: [ { name: gpu, exactly: { deviceClassName: 
         wait_for_claims(&claims, pods).await;
         let t0 = Instant::now();
         env.start_kube_scheduler().expect("kube-scheduler starts");
-        wait_until("all upstream pods bound", Duration::from_secs(3600), async || {
-            count_bound(&client, "upstream").await >= pods
+        wait::poll(Duration::from_secs(3600), "all upstream pods bound", || async {
+            (count_bound(&client, "upstream").await >= pods).then_some(())
         })
         .await;
         let seconds = t0.elapsed().as_secs_f64();
@@ -201,8 +193,8 @@ spec: { spec: { devices: { requests: [ { name: gpu, exactly: { deviceClassName: 
     wait_for_claims(&claims, pods).await;
     let t0 = Instant::now();
     let scheduler = start_scheduler(&env).await;
-    wait_until("all single pods bound", Duration::from_secs(1800), async || {
-        count_bound(&client, "single").await >= pods
+    wait::poll(Duration::from_secs(1800), "all single pods bound", || async {
+        (count_bound(&client, "single").await >= pods).then_some(())
     })
     .await;
     let seconds = t0.elapsed().as_secs_f64();
@@ -221,7 +213,7 @@ spec: { spec: { devices: { requests: [ { name: gpu, exactly: { deviceClassName: 
         let prefix = format!("gang{g}");
         create_pods(&client, &prefix, 64, Some(64), "eight-gpus").await;
         let t = Instant::now();
-        wait_until("gang bound", Duration::from_secs(600), async || count_bound(&client, &prefix).await >= 64).await;
+        wait_gang_bound(&pods_api, &prefix, 64).await;
         latencies.push(t.elapsed().as_secs_f64());
     }
     latencies.sort_by(f64::total_cmp);
@@ -234,6 +226,27 @@ spec: { spec: { devices: { requests: [ { name: gpu, exactly: { deviceClassName: 
     scheduler.shutdown().await;
 }
 
+/// Waits until `n` pods of gang `prefix` are bound, on one watch: the time is the last
+/// member's binding, not a poll tick.
+async fn wait_gang_bound(pods: &Api<Pod>, prefix: &str, n: usize) {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let config = watcher::Config::default().labels(&format!("phalanx.dev/gang={prefix}"));
+    let mut stream = std::pin::pin!(watcher(pods.clone(), config).applied_objects());
+    let mut bound = std::collections::HashSet::new();
+    let all_bound = async {
+        while let Some(pod) = stream.try_next().await.expect("pod watch") {
+            if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                bound.insert(pod.name_any());
+            }
+            if bound.len() >= n {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), all_bound).await.expect("gang bound within 600 s");
+}
+
 /// Where the scheduler's time went: sum and count of each phase.
 fn print_phases(scheduler: &service::Running) {
     for line in scheduler.metrics.encode().lines().filter(|l| l.starts_with("phalanx_phase_duration_seconds_sum")) {
@@ -242,8 +255,8 @@ fn print_phases(scheduler: &service::Running) {
 }
 
 async fn wait_for_claims(claims: &Api<ResourceClaim>, n: usize) {
-    wait_until("claims generated", Duration::from_secs(600), async || {
-        claims.list(&ListParams::default()).await.map(|l| l.items.len() >= n).unwrap_or(false)
+    wait::poll(Duration::from_secs(600), "claims generated", || async {
+        claims.list(&ListParams::default()).await.ok().filter(|l| l.items.len() >= n).map(|_| ())
     })
     .await;
 }
@@ -251,8 +264,8 @@ async fn wait_for_claims(claims: &Api<ResourceClaim>, n: usize) {
 /// Deletes every pod; garbage collection removes their claims.
 async fn clear_pods(pods: &Api<Pod>, claims: &Api<ResourceClaim>) {
     pods.delete_collection(&Default::default(), &ListParams::default()).await.unwrap();
-    wait_until("pods and their claims gone", Duration::from_secs(600), async || {
-        claims.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(false)
+    wait::poll(Duration::from_secs(600), "pods and their claims gone", || async {
+        claims.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
     })
     .await;
 }
