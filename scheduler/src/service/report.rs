@@ -36,21 +36,26 @@ impl Reporter {
         true
     }
 
+    /// Posts an event about `pod`; a failure is logged (events are best effort).
+    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, action: &str, message: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(message)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
+            warn!(pod = %pod.name_any(), reason, error = %e, "posting event failed");
+        }
+    }
+
     /// A member was bound.
     pub async fn scheduled(&self, pod: &Pod, message: &str) {
         if !self.changed(pod, message) {
             return;
         }
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Scheduled".into(),
-            note: Some(truncate(message)),
-            action: "Binding".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            warn!(pod = %pod.name_any(), error = %e, "posting Scheduled event failed");
-        }
+        self.event(pod, EventType::Normal, "Scheduled", "Binding", message).await;
     }
 
     /// A member stays pending: `FailedScheduling` event and `PodScheduled=False` with
@@ -59,16 +64,7 @@ impl Reporter {
         if !self.changed(pod, message) {
             return;
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "FailedScheduling".into(),
-            note: Some(truncate(message)),
-            action: "Scheduling".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &pod.object_ref(&())).await {
-            warn!(pod = %pod.name_any(), error = %e, "posting FailedScheduling event failed");
-        }
+        self.event(pod, EventType::Warning, "FailedScheduling", "Scheduling", message).await;
         let condition = json!({ "status": { "conditions": [{
             "type": "PodScheduled",
             "status": "False",
