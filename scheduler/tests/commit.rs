@@ -4,15 +4,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::resource::v1::{AllocationResult, DeviceClass, ResourceClaim, ResourceSlice};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use phalanx_scheduler::commit::{
     ClaimPlan, CommitError, Committer, DELETE_PROTECTION_FINALIZER, GangPlan, MemberPlan, RecoveringGang,
     RecoveryAction,
 };
-use phalanx_testenv::{Options, TestEnv, wait};
+use phalanx_testenv::{Options, TestEnv, fixtures, wait};
 use serde_json::json;
 
 const NS: &str = "default";
@@ -25,38 +25,10 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 /// A kwok node with four fake GPUs, and `pods` pods each with one direct claim.
 async fn cluster(env: &TestEnv, pods: usize) -> (Vec<Pod>, Vec<ResourceClaim>) {
     let client = env.client();
-    Api::<Node>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "node-a", "annotations": { "kwok.x-k8s.io/node": "fake" } },
-                "status": { "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" } }
-            })),
-        )
-        .await
-        .unwrap();
-    Api::<DeviceClass>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "gpu.phalanx.dev" },
-                "spec": { "selectors": [{ "cel": { "expression": "device.driver == 'gpu.phalanx.dev'" } }] }
-            })),
-        )
-        .await
-        .unwrap();
+    fixtures::device_class(&client, "gpu.phalanx.dev", "device.driver == 'gpu.phalanx.dev'").await;
     let devices: Vec<_> = (0..4).map(|i| json!({ "name": format!("gpu-{i}") })).collect();
-    Api::<ResourceSlice>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "node-a-gpu" },
-                "spec": { "driver": "gpu.phalanx.dev", "nodeName": "node-a",
-                          "pool": { "name": "node-a", "generation": 1, "resourceSliceCount": 1 }, "devices": devices }
-            })),
-        )
-        .await
-        .unwrap();
+    let allocatable = json!({ "cpu": "32", "memory": "256Gi", "pods": "110" });
+    fixtures::gpu_node(&client, "node-a", json!({}), allocatable, devices).await;
 
     let (mut out_pods, mut out_claims) = (Vec::new(), Vec::new());
     for i in 0..pods {

@@ -6,10 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use phalanx_testenv::{TestEnv, wait};
+use phalanx_testenv::{TestEnv, fixtures, wait};
 use serde_json::json;
 
 const NS: &str = "default";
@@ -47,41 +47,11 @@ fn scheduler(env: &TestEnv, failpoint: Option<&std::path::Path>, log: &str) -> S
 
 /// Two kwok nodes with four GPUs each.
 async fn nodes(client: &Client) {
-    Api::<DeviceClass>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &from_json(json!({
-                "metadata": { "name": "gpu.phalanx.dev" },
-                "spec": { "selectors": [{ "cel": { "expression": "device.driver == 'gpu.phalanx.dev'" } }] }
-            })),
-        )
-        .await
-        .unwrap();
+    fixtures::device_class(client, "gpu.phalanx.dev", "device.driver == 'gpu.phalanx.dev'").await;
     for n in 0..2 {
-        let name = format!("node-{n}");
-        Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": { "name": name, "annotations": { "kwok.x-k8s.io/node": "fake" },
-                                  "labels": { "kubernetes.io/hostname": name } },
-                    "status": { "allocatable": { "cpu": "64", "memory": "512Gi", "pods": "110" } }
-                })),
-            )
-            .await
-            .unwrap();
         let devices: Vec<_> = (0..4).map(|i| json!({ "name": format!("gpu-{i}") })).collect();
-        Api::<ResourceSlice>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": { "name": format!("{name}-gpu") },
-                    "spec": { "driver": "gpu.phalanx.dev", "nodeName": name,
-                              "pool": { "name": name, "generation": 1, "resourceSliceCount": 1 }, "devices": devices }
-                })),
-            )
-            .await
-            .unwrap();
+        let allocatable = json!({ "cpu": "64", "memory": "512Gi", "pods": "110" });
+        fixtures::gpu_node(client, &format!("node-{n}"), json!({}), allocatable, devices).await;
     }
 }
 

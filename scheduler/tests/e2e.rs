@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceClaimTemplate};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use phalanx_scheduler::service::{self, config::SchedulerConfig};
@@ -23,17 +23,10 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 /// `nodes` kwok nodes with 8 GPUs each; every `per_domain` consecutive nodes share an
 /// NVLink domain (like trays of an NVL72 rack).
 async fn gpu_cluster(client: &Client, nodes: usize, per_domain: usize) {
-    device_class(client, "gpu.phalanx.dev", "device.driver == 'gpu.phalanx.dev'").await;
+    phalanx_testenv::fixtures::device_class(client, "gpu.phalanx.dev", "device.driver == 'gpu.phalanx.dev'").await;
     gpu_nodes(client, 0..nodes, per_domain).await;
     claim_template(client, "eight-gpus", "gpu.phalanx.dev", 8).await;
     claim_template(client, "one-gpu", "gpu.phalanx.dev", 1).await;
-}
-
-async fn device_class(client: &Client, name: &str, expression: &str) {
-    let class: DeviceClass = from_json(
-        json!({ "metadata": { "name": name }, "spec": { "selectors": [{ "cel": { "expression": expression } }] } }),
-    );
-    Api::<DeviceClass>::all(client.clone()).create(&PostParams::default(), &class).await.unwrap();
 }
 
 /// A template of one request `gpu` for `count` devices of `class`.
@@ -55,23 +48,6 @@ async fn gpu_nodes(client: &Client, range: std::ops::Range<usize>, per_domain: u
     for n in range {
         let name = format!("gpu-node-{n}");
         let domain = format!("domain-{}", n / per_domain);
-        Api::<Node>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": {
-                        "name": name,
-                        "annotations": { "kwok.x-k8s.io/node": "fake" },
-                        "labels": { "kubernetes.io/hostname": name, "phalanx.dev/rack": domain }
-                    },
-                    "status": {
-                        "allocatable": { "cpu": "128", "memory": "2Ti", "pods": "110" },
-                        "capacity": { "cpu": "128", "memory": "2Ti", "pods": "110" }
-                    }
-                })),
-            )
-            .await
-            .unwrap();
         let devices: Vec<_> = (0..8)
             .map(|i| {
                 json!({
@@ -88,17 +64,9 @@ async fn gpu_nodes(client: &Client, range: std::ops::Range<usize>, per_domain: u
                 })
             })
             .collect();
-        Api::<ResourceSlice>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &from_json(json!({
-                    "metadata": { "name": format!("{name}-gpu") },
-                    "spec": { "driver": "gpu.phalanx.dev", "nodeName": name,
-                              "pool": { "name": name, "generation": 1, "resourceSliceCount": 1 }, "devices": devices }
-                })),
-            )
-            .await
-            .unwrap();
+        let labels = json!({ "phalanx.dev/rack": domain });
+        let allocatable = json!({ "cpu": "128", "memory": "2Ti", "pods": "110" });
+        phalanx_testenv::fixtures::gpu_node(client, &name, labels, allocatable, devices).await;
     }
 }
 
@@ -713,7 +681,12 @@ async fn bad_input_gets_a_reason_and_everyone_else_is_served() {
     let client = env.client();
     gpu_cluster(&client, 2, 2).await;
     // Valid CEL (the apiserver compiles it), but it fails on every device: no such key.
-    device_class(&client, "broken.phalanx.dev", "device.attributes['gpu.phalanx.dev'].noSuchAttribute > 1").await;
+    phalanx_testenv::fixtures::device_class(
+        &client,
+        "broken.phalanx.dev",
+        "device.attributes['gpu.phalanx.dev'].noSuchAttribute > 1",
+    )
+    .await;
     claim_template(&client, "broken", "broken.phalanx.dev", 1).await;
     let scheduler = start_scheduler(&env).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);

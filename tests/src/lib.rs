@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod binaries;
 mod env;
+pub mod fixtures;
 pub mod pki;
 pub mod process;
 pub mod wait;
