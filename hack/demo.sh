@@ -76,7 +76,7 @@ done
 sleep 1
 
 python3 hack/demo-report.py "$bin_dir/kubectl"
-metrics=$(grep -o 'address=[0-9.:]*' "$work/scheduler.log" | head -1 | cut -d= -f2)
+metrics=$(grep -m1 -o 'address=[0-9.:]*' "$work/scheduler.log" | cut -d= -f2)
 echo "scheduler metrics: http://$metrics/metrics   (kubectl: $bin_dir/kubectl, KUBECONFIG=$KUBECONFIG)"
 
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi

@@ -76,13 +76,15 @@ else
 fi
 
 if [ "${1:-}" = "--versions" ]; then
+  # First lines via `sed -n 1p`, which reads to the end: `head -1` exits early, and a
+  # version command still writing then dies of SIGPIPE, failing this script (pipefail).
   {
     "$bin/kube-apiserver" --version
     "$bin/kube-controller-manager" --version
     "$bin/kube-scheduler" --version
-    "$bin/kubectl" version --client 2>/dev/null | head -1
-    "$bin/etcd" --version | head -1
-    "$bin/kwok" --version 2>/dev/null | head -1
+    "$bin/kubectl" version --client 2>/dev/null | sed -n 1p
+    "$bin/etcd" --version | sed -n 1p
+    "$bin/kwok" --version 2>/dev/null | sed -n 1p
   } >&2
 fi
 
