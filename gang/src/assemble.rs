@@ -3,12 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as WorkloadPodGroup;
 
 use crate::crd::{CoschedulingPodGroup, GroveTopologyConstraint, PodGang};
 use crate::error::GangError;
 use crate::keys;
 use crate::model::{Gang, GangKey, GangSource, KvPolicy, Member, PdGroup, PdRole, PodRef, Role, TopologyRequirement};
+use crate::workload::{self, CompositePodGroup, WorkloadPodGroup};
 
 /// What gangs are assembled from.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +21,8 @@ pub struct GangInputs<'a> {
     pub coscheduling_pod_groups: &'a [CoschedulingPodGroup],
     /// Workload API PodGroups.
     pub workload_pod_groups: &'a [WorkloadPodGroup],
+    /// Workload API CompositePodGroups (1.37 alpha).
+    pub composite_pod_groups: &'a [CompositePodGroup],
     /// Grove PodGangs.
     pub pod_gangs: &'a [PodGang],
 }
@@ -72,6 +74,7 @@ fn is_live(pod: &Pod) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Def {
     Grove(usize),
+    Composite(usize),
     Workload(usize),
     Coscheduling(usize),
     Annotations,
@@ -126,14 +129,25 @@ pub fn assemble(inputs: &GangInputs<'_>) -> Assembly {
             pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref()).and_then(|g| g.pod_group_name.clone())
         {
             match find_meta(inputs.workload_pod_groups.iter().map(|g| &g.metadata), &ns, &sg) {
-                Some(i) => (Def::Workload(i), sg),
+                Some(i) => match composite_root(inputs, i) {
+                    Ok(None) => (Def::Workload(i), sg),
+                    Ok(Some(ci)) => {
+                        (Def::Composite(ci), inputs.composite_pod_groups[ci].metadata.name.clone().unwrap_or_default())
+                    }
+                    Err((group, error)) => {
+                        let e = broken.entry(GangKey { namespace: ns.clone(), name: group }).or_default();
+                        e.1.push(error);
+                        e.0.push(pr);
+                        continue;
+                    }
+                },
                 None => {
                     let key = GangKey { namespace: ns.clone(), name: sg.clone() };
                     let e = broken.entry(key).or_default();
                     e.1.push(GangError::MissingGroup {
                         pod: pr.to_string(),
                         via: "spec.schedulingGroup.podGroupName",
-                        kind: "PodGroup (scheduling.k8s.io/v1alpha2)",
+                        kind: "PodGroup (scheduling.k8s.io)",
                         group: sg,
                         namespace: ns,
                     });
@@ -187,12 +201,165 @@ pub fn assemble(inputs: &GangInputs<'_>) -> Assembly {
     out
 }
 
+/// The CompositePodGroup whose gang the Workload PodGroup `i` joins: `None` when it has
+/// no parent or its parent schedules its children one by one (`basic`). Phalanx maps one
+/// CompositePodGroup level over PodGroups (the composite is the gang, each PodGroup a
+/// role with its own minimum and topology); anything it cannot map is an error naming
+/// the object, with the group the pods should report it under.
+fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (String, GangError)> {
+    let pg = &inputs.workload_pod_groups[i];
+    let ns = pg.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let pg_name = pg.metadata.name.clone().unwrap_or_default();
+    let Some(parent) = pg.spec.parent_composite_pod_group_name.as_deref().filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let find = |name: &str| find_meta(inputs.composite_pod_groups.iter().map(|c| &c.metadata), &ns, name);
+    let Some(ci) = find(parent) else {
+        return Err((
+            parent.to_string(),
+            GangError::Unsupported {
+                object: format!("PodGroup {ns}/{pg_name}"),
+                what: format!(
+                    "spec.parentCompositePodGroupName names CompositePodGroup {parent:?}, which does not exist (or the \
+                     cluster does not serve CompositePodGroup, alpha in 1.37)"
+                ),
+                hint: "create it, or remove parentCompositePodGroupName".into(),
+            },
+        ));
+    };
+    // Depth of the tree above the PodGroup, as upstream counts it (the PodGroup is level 1).
+    let mut chain = vec![parent.to_string()];
+    let mut at = ci;
+    while let Some(up) = inputs.composite_pod_groups[at].spec.parent_composite_pod_group_name.as_deref() {
+        if up.is_empty() || chain.iter().any(|c| c == up) || chain.len() >= workload::MAX_TREE_DEPTH {
+            break;
+        }
+        chain.push(up.to_string());
+        match find(up) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    let root = chain.last().cloned().unwrap_or_default();
+    let c = &inputs.composite_pod_groups[ci];
+    if chain.len() > 1 {
+        return Err((
+            root,
+            GangError::Unsupported {
+                object: format!("PodGroup {ns}/{pg_name}"),
+                what: format!(
+                    "its CompositePodGroup tree is {} levels deep ({pg_name} ▸ {}); Phalanx places one \
+                     CompositePodGroup level over PodGroups",
+                    chain.len() + 1,
+                    chain.join(" ▸ ")
+                ),
+                hint: "flatten the tree to CompositePodGroup ▸ PodGroup (the composite's topology key for the \
+                       whole set, each PodGroup's for its own pods)"
+                    .into(),
+            },
+        ));
+    }
+    match (&c.spec.scheduling_policy.gang, &c.spec.scheduling_policy.basic) {
+        (Some(_), _) => Ok(Some(ci)),
+        (None, _) if c.topology_key().is_some() => Err((
+            parent.to_string(),
+            GangError::Unsupported {
+                object: format!("CompositePodGroup {ns}/{parent}"),
+                what: "a basic policy with a topology constraint: its PodGroups are scheduled one by one, so Phalanx \
+                       cannot keep them in one domain"
+                    .into(),
+                hint: "use schedulingPolicy.gang to place them together, or drop schedulingConstraints".into(),
+            },
+        )),
+        (None, _) => Ok(None),
+    }
+}
+
 fn find_meta<'a>(
     mut metas: impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
     ns: &str,
     name: &str,
 ) -> Option<usize> {
     metas.position(|m| m.name.as_deref() == Some(name) && m.namespace.as_deref().unwrap_or("default") == ns)
+}
+
+/// The roles of a gang CompositePodGroup: one per child PodGroup, with the child's
+/// minimum and topology key; and the gang's minimum (the sum). `pending` is in member order.
+fn composite_roles(
+    inputs: &GangInputs<'_>,
+    ci: usize,
+    pending: &[&Pod],
+    bound_pods: &[&Pod],
+) -> (Vec<Role>, u32, Vec<GangError>) {
+    let c = &inputs.composite_pod_groups[ci];
+    let ns = c.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = c.metadata.name.clone().unwrap_or_default();
+    let object = format!("CompositePodGroup {ns}/{name}");
+    let mut errs = Vec::new();
+    let mut children: Vec<&WorkloadPodGroup> = inputs
+        .workload_pod_groups
+        .iter()
+        .filter(|g| {
+            g.metadata.namespace.as_deref().unwrap_or("default") == ns
+                && g.spec.parent_composite_pod_group_name.as_deref() == Some(name.as_str())
+        })
+        .collect();
+    children.sort_by_key(|g| g.metadata.name.clone());
+    let want = c.spec.scheduling_policy.gang.as_ref().map_or(0, |g| g.min_group_count);
+    if want < 1 {
+        errs.push(GangError::InvalidNumber {
+            object: object.clone(),
+            key: "spec.schedulingPolicy.gang.minGroupCount".into(),
+            value: want.to_string(),
+            min: 1,
+            hint: "set it to how many PodGroups must start together",
+        });
+    } else if (want as usize) < children.len() {
+        errs.push(GangError::Unsupported {
+            object: object.clone(),
+            what: format!(
+                "minGroupCount {want} of {} PodGroups: Phalanx places every PodGroup of a gang CompositePodGroup",
+                children.len()
+            ),
+            hint: format!("set minGroupCount to {}, or split the PodGroups into separate composites", children.len()),
+        });
+    } else if (want as usize) > children.len() {
+        errs.push(GangError::Unsupported {
+            object: object.clone(),
+            what: format!("minGroupCount {want} but only {} PodGroup(s) name it as parent", children.len()),
+            hint: "create the missing PodGroups (the gang waits for them)".into(),
+        });
+    }
+    let group_of = |p: &Pod| p.spec.as_ref()?.scheduling_group.as_ref()?.pod_group_name.clone();
+    let mut roles = Vec::new();
+    let mut sum = 0u32;
+    for g in children {
+        let gname = g.metadata.name.clone().unwrap_or_default();
+        let min = match (&g.spec.scheduling_policy.gang, &g.spec.scheduling_policy.basic) {
+            (Some(p), _) if p.min_count >= 1 => p.min_count as u32,
+            (Some(p), _) => {
+                errs.push(GangError::InvalidNumber {
+                    object: format!("PodGroup {ns}/{gname}"),
+                    key: "spec.schedulingPolicy.gang.minCount".into(),
+                    value: p.min_count.to_string(),
+                    min: 1,
+                    hint: "set it to how many pods must start together",
+                });
+                1
+            }
+            (None, Some(_)) => 1,
+            (None, None) => {
+                errs.push(GangError::NoPolicy { object: format!("PodGroup {ns}/{gname}") });
+                1
+            }
+        };
+        sum += min;
+        let idx = (0..pending.len()).filter(|&i| group_of(pending[i]).as_deref() == Some(gname.as_str())).collect();
+        let bound = bound_pods.iter().filter(|p| group_of(p).as_deref() == Some(gname.as_str())).count() as u32;
+        let topology = TopologyRequirement { required: g.topology_key().map(str::to_string), preferred: None };
+        roles.push(Role { name: gname, min, topology, members: idx, bound });
+    }
+    (roles, sum.max(1), errs)
 }
 
 /// Collects one value that all pods must agree on.
@@ -313,14 +480,8 @@ fn build(inputs: &GangInputs<'_>, key: &GangKey, def: Def, pods: &[&Pod]) -> Res
                 Def::Workload(i) => {
                     let pg = &inputs.workload_pod_groups[i];
                     source = GangSource::WorkloadPodGroup;
-                    if let Some(t) = pg
-                        .spec
-                        .scheduling_constraints
-                        .as_ref()
-                        .and_then(|c| c.topology.as_ref())
-                        .and_then(|t| t.first())
-                    {
-                        topo.required = Some(t.key.clone());
+                    if let Some(t) = pg.topology_key() {
+                        topo.required = Some(t.to_string());
                     }
                     let pol = &pg.spec.scheduling_policy;
                     match (&pol.gang, &pol.basic) {
@@ -458,6 +619,16 @@ fn build(inputs: &GangInputs<'_>, key: &GangKey, def: Def, pods: &[&Pod]) -> Res
             if sum > min_members && source == GangSource::Annotations {
                 errs.push(GangError::RolesExceedGang { gang: key.to_string(), sum, min: min_members });
             }
+        }
+        Def::Composite(ci) => {
+            source = GangSource::WorkloadPodGroup;
+            let (r, min, problems) = composite_roles(inputs, ci, &pending, &bound_pods);
+            roles = r;
+            errs.extend(problems);
+            if let Some(k) = inputs.composite_pod_groups[ci].topology_key() {
+                topo.required = Some(k.to_string());
+            }
+            min_members = min;
         }
         Def::Grove(gi) => {
             let g = &inputs.pod_gangs[gi];

@@ -66,6 +66,16 @@ pub enum GangError {
         /// Second definition.
         second: String,
     },
+    /// A definition Kubernetes accepts that Phalanx cannot honour.
+    #[error("{object}: {what}; {hint}")]
+    Unsupported {
+        /// The object.
+        object: String,
+        /// What cannot be mapped.
+        what: String,
+        /// What the user can do.
+        hint: String,
+    },
     /// The Workload PodGroup has neither policy.
     #[error("{object}: spec.schedulingPolicy sets neither gang nor basic; set gang.minCount or basic: {{}}")]
     NoPolicy {

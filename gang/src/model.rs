@@ -25,7 +25,7 @@ pub enum GangSource {
     Annotations,
     /// scheduler-plugins `PodGroup`.
     CoschedulingPodGroup,
-    /// Workload API `scheduling.k8s.io/v1alpha2` `PodGroup`.
+    /// Workload API `scheduling.k8s.io` `PodGroup`.
     WorkloadPodGroup,
     /// Grove `PodGang`.
     GrovePodGang,

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, PodSchedulingGroup, PodSpec};
-use k8s_openapi::api::scheduling::v1alpha2::{
-    GangSchedulingPolicy, PodGroup as WorkloadPodGroup, PodGroupSchedulingConstraints, PodGroupSchedulingPolicy,
-    PodGroupSpec, TopologyConstraint,
-};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use phalanx_gang::crd::*;
+use phalanx_gang::workload::{
+    CompositePodGroup, GangPolicy, PodGroupSpec, SchedulingConstraints, SchedulingPolicy, TopologyConstraint,
+    WorkloadPodGroup,
+};
 use phalanx_gang::*;
 
 const SCHED: &str = "phalanx-scheduler";
@@ -41,6 +41,7 @@ fn run(pods: &[Pod]) -> Assembly {
         pods,
         coscheduling_pod_groups: &[],
         workload_pod_groups: &[],
+        composite_pod_groups: &[],
         pod_gangs: &[],
     })
 }
@@ -109,6 +110,7 @@ fn coscheduling_pod_group() {
         pods: &pods,
         coscheduling_pod_groups: &[pg],
         workload_pod_groups: &[],
+        composite_pod_groups: &[],
         pod_gangs: &[],
     });
     assert!(out.problems.is_empty());
@@ -125,16 +127,13 @@ fn workload_pod_group_via_scheduling_group() {
     let wpg = WorkloadPodGroup {
         metadata: ObjectMeta { name: Some("decode".into()), namespace: Some("ml".into()), ..Default::default() },
         spec: PodGroupSpec {
-            scheduling_policy: PodGroupSchedulingPolicy {
-                gang: Some(GangSchedulingPolicy { min_count: 4 }),
-                basic: None,
-            },
-            scheduling_constraints: Some(PodGroupSchedulingConstraints {
-                topology: Some(vec![TopologyConstraint { key: "phalanx.dev/rack".into() }]),
+            scheduling_policy: SchedulingPolicy { gang: Some(GangPolicy { min_count: 4 }), basic: None },
+            scheduling_constraints: Some(SchedulingConstraints {
+                topology: vec![TopologyConstraint { key: "phalanx.dev/rack".into() }],
             }),
             ..Default::default()
         },
-        status: None,
+        ..Default::default()
     };
     let pods: Vec<Pod> = (0..4)
         .map(|i| {
@@ -149,6 +148,7 @@ fn workload_pod_group_via_scheduling_group() {
         pods: &pods,
         coscheduling_pod_groups: &[],
         workload_pod_groups: &[wpg],
+        composite_pod_groups: &[],
         pod_gangs: &[],
     });
     assert!(out.problems.is_empty(), "{:?}", out.problems);
@@ -196,6 +196,7 @@ fn grove_pod_gang_groups_become_roles() {
         pods: &pods,
         coscheduling_pod_groups: &[],
         workload_pod_groups: &[],
+        composite_pod_groups: &[],
         pod_gangs: &[gang],
     });
     assert!(out.problems.is_empty());
@@ -296,4 +297,107 @@ fn pods_of_other_schedulers_and_finished_pods_are_ignored() {
     let mut done = pod("y", &[], &[]);
     done.status = Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Succeeded".into()), ..Default::default() });
     assert_eq!(run(&[other, done]), Assembly::default());
+}
+
+fn group_pod(name: &str, group: &str) -> Pod {
+    let mut p = pod(name, &[], &[]);
+    p.spec.as_mut().unwrap().scheduling_group = Some(PodSchedulingGroup { pod_group_name: Some(group.into()) });
+    p
+}
+
+fn workload_group(name: &str, min: i32, parent: Option<&str>, topology: Option<&str>) -> WorkloadPodGroup {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {"parentCompositePodGroupName": parent, "schedulingPolicy": {"gang": {"minCount": min}},
+                 "schedulingConstraints": {"topology": topology.map(|k| vec![serde_json::json!({"key": k})]).unwrap_or_default()}}
+    }))
+    .unwrap()
+}
+
+fn composite(name: &str, policy: serde_json::Value, parent: Option<&str>, topology: Option<&str>) -> CompositePodGroup {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "scheduling.k8s.io/v1alpha3", "kind": "CompositePodGroup",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {"parentCompositePodGroupName": parent, "schedulingPolicy": policy,
+                 "schedulingConstraints": {"topology": topology.map(|k| vec![serde_json::json!({"key": k})]).unwrap_or_default()}}
+    }))
+    .unwrap()
+}
+
+fn run_workload(pods: &[Pod], groups: &[WorkloadPodGroup], composites: &[CompositePodGroup]) -> Assembly {
+    assemble(&GangInputs {
+        scheduler_name: SCHED,
+        pods,
+        coscheduling_pod_groups: &[],
+        workload_pod_groups: groups,
+        composite_pod_groups: composites,
+        pod_gangs: &[],
+    })
+}
+
+/// A gang CompositePodGroup over two PodGroups is one gang: each PodGroup a role with
+/// its minimum and topology key, the composite's key for the whole set.
+#[test]
+fn composite_pod_group_is_one_gang_with_a_role_per_pod_group() {
+    let groups = [
+        workload_group("prefill", 2, Some("svc"), Some("phalanx.dev/nvlink")),
+        workload_group("decode", 3, Some("svc"), None),
+    ];
+    let composites =
+        [composite("svc", serde_json::json!({"gang": {"minGroupCount": 2}}), None, Some("phalanx.dev/rack"))];
+    let mut pods: Vec<Pod> = (0..2).map(|i| group_pod(&format!("p{i}"), "prefill")).collect();
+    pods.extend((0..3).map(|i| group_pod(&format!("d{i}"), "decode")));
+    let out = run_workload(&pods, &groups, &composites);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    assert_eq!(out.gangs.len(), 1, "one gang for the composite");
+    let g = &out.gangs[0];
+    assert_eq!((g.key.name.as_str(), g.min_members, g.members.len()), ("svc", 5, 5));
+    assert_eq!(g.topology.required.as_deref(), Some("phalanx.dev/rack"));
+    let role = |n: &str| g.roles.iter().find(|r| r.name == n).unwrap();
+    assert_eq!((role("prefill").min, role("prefill").members.len()), (2, 2));
+    assert_eq!(role("prefill").topology.required.as_deref(), Some("phalanx.dev/nvlink"));
+    assert_eq!((role("decode").min, role("decode").members.len()), (3, 3));
+    for i in &role("decode").members {
+        assert!(g.members[*i].pod.name.starts_with('d'));
+    }
+}
+
+/// What cannot be mapped gets a precise reason on the pods; other gangs still assemble.
+#[test]
+fn composite_pod_groups_that_cannot_be_mapped_are_reported() {
+    let gang2 = serde_json::json!({"gang": {"minGroupCount": 1}});
+    let groups = [
+        workload_group("deep", 1, Some("mid"), None),
+        workload_group("partial-a", 1, Some("some"), None),
+        workload_group("partial-b", 1, Some("some"), None),
+        workload_group("orphan", 1, Some("nope"), None),
+        workload_group("fine", 1, None, None),
+    ];
+    let composites = [
+        composite("top", gang2.clone(), None, Some("topology.kubernetes.io/zone")),
+        composite("mid", gang2.clone(), Some("top"), Some("phalanx.dev/rack")),
+        composite("some", gang2, None, None),
+    ];
+    let pods = vec![
+        group_pod("a", "deep"),
+        group_pod("b", "partial-a"),
+        group_pod("c", "partial-b"),
+        group_pod("d", "orphan"),
+        group_pod("e", "fine"),
+    ];
+    let out = run_workload(&pods, &groups, &composites);
+    assert_eq!(out.gangs.iter().map(|g| g.key.name.as_str()).collect::<Vec<_>>(), ["fine"]);
+    let msg = |pod: &str| {
+        out.problems
+            .iter()
+            .filter(|p| p.pods.iter().any(|r| r.name == pod))
+            .map(|p| p.error.to_string())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    assert!(msg("a").contains("3 levels deep (deep ▸ mid ▸ top)"), "{}", msg("a"));
+    assert!(msg("b").contains("minGroupCount 1 of 2 PodGroups") && msg("b").contains("set minGroupCount to 2"));
+    assert_eq!(msg("b"), msg("c"), "both members of the composite carry its reason");
+    assert!(msg("d").contains("CompositePodGroup \"nope\", which does not exist"), "{}", msg("d"));
 }

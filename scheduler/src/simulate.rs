@@ -66,6 +66,7 @@ pub fn run(snapshot: &Snapshot, config: &TopologyConfig, scheduler_name: &str) -
         pods: &snapshot.pods,
         coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
         workload_pod_groups: &snapshot.workload_pod_groups,
+        composite_pod_groups: &snapshot.composite_pod_groups,
         pod_gangs: &snapshot.pod_gangs,
     });
     let mut placer = Placer::new(snapshot, config, PlacementOptions::default().scheduler_name(scheduler_name))?;

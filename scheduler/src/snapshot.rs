@@ -56,7 +56,10 @@ fn add_value(snap: &mut Snapshot, v: serde_yaml::Value) -> Result<()> {
         ("resource.k8s.io/v1", "ResourceClaim") => snap.resource_claims.push(take(v, &kind, &name)?),
         ("resource.k8s.io/v1", "ResourceClaimTemplate") => snap.resource_claim_templates.push(take(v, &kind, &name)?),
         ("scheduling.x-k8s.io/v1alpha1", "PodGroup") => snap.coscheduling_pod_groups.push(take(v, &kind, &name)?),
-        ("scheduling.k8s.io/v1alpha2", "PodGroup") => snap.workload_pod_groups.push(take(v, &kind, &name)?),
+        ("scheduling.k8s.io/v1alpha2" | "scheduling.k8s.io/v1alpha3" | "scheduling.k8s.io/v1beta1", "PodGroup") => {
+            snap.workload_pod_groups.push(take(v, &kind, &name)?)
+        }
+        ("scheduling.k8s.io/v1alpha3", "CompositePodGroup") => snap.composite_pod_groups.push(take(v, &kind, &name)?),
         ("scheduler.grove.io/v1alpha1", "PodGang") => snap.pod_gangs.push(take(v, &kind, &name)?),
         ("", _) | (_, "") => bail!("object {name:?} has no apiVersion or kind"),
         _ => bail!(

@@ -1,5 +1,5 @@
-// Builds kwok (fake nodes and pods) from the Go module proxy. v0.8.0 is the newest
-// tag whose go.mod accepts Go 1.26.
+// Builds kwok (fake nodes and pods) from the Go module proxy, for every Kubernetes
+// version the test environment supports (it speaks to 1.36 and 1.37 alike).
 module phalanx.dev/hack/envtest/kwok
 
 go 1.26.0

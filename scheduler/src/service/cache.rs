@@ -13,11 +13,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::resource::v1::{
     AllocationResult, DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice,
 };
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as WorkloadPodGroup;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use phalanx_gang::workload;
 use phalanx_scheduler_core::placement::Snapshot;
 
 use super::metrics::Metrics;
@@ -36,52 +36,104 @@ struct Assumed {
 }
 
 /// Watches of the optional gang APIs, each set once the cluster serves it: at start, or
-/// later, when its CRD is installed or its API group turned on.
+/// later, when its CRD is installed or its API group turned on. The Workload API is
+/// watched in the first version of [`workload::POD_GROUP_VERSIONS`] the cluster serves
+/// (v1beta1 on 1.37, v1alpha2 on 1.36): the same objects, whichever version is read.
 #[derive(Default)]
 struct GangApis {
-    workload: OnceLock<Store<WorkloadPodGroup>>,
+    workload: OnceLock<(Store<DynamicObject>, ApiResource)>,
+    composite: OnceLock<Store<DynamicObject>>,
     coscheduling: OnceLock<(Store<DynamicObject>, ApiResource)>,
     pod_gangs: OnceLock<Store<DynamicObject>>,
 }
 
+/// One optional gang API: where it lives and the versions to look for, best first.
+struct GangApi {
+    label: &'static str,
+    group: &'static str,
+    versions: &'static [&'static str],
+    kind: &'static str,
+}
+
+const WORKLOAD: GangApi =
+    GangApi { label: "scheduling.k8s.io/PodGroup", group: workload::GROUP, versions: workload::POD_GROUP_VERSIONS, kind: "PodGroup" };
+const COMPOSITE: GangApi = GangApi {
+    label: "scheduling.k8s.io/CompositePodGroup",
+    group: workload::GROUP,
+    versions: workload::COMPOSITE_POD_GROUP_VERSIONS,
+    kind: "CompositePodGroup",
+};
+const COSCHEDULING: GangApi =
+    GangApi { label: "scheduling.x-k8s.io/v1alpha1/PodGroup", group: "scheduling.x-k8s.io", versions: &["v1alpha1"], kind: "PodGroup" };
+const GROVE: GangApi =
+    GangApi { label: "scheduler.grove.io/v1alpha1/PodGang", group: "scheduler.grove.io", versions: &["v1alpha1"], kind: "PodGang" };
+
+impl GangApi {
+    /// The first version of this API the cluster serves.
+    async fn served(&self, client: &Client) -> Option<ApiResource> {
+        for version in self.versions {
+            if let Some(r) = served(client, self.group, version, self.kind).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Watches it in `slot` if it is served and not watched yet; true when it started.
+    async fn watch(
+        &self,
+        slot: &OnceLock<(Store<DynamicObject>, ApiResource)>,
+        client: &Client,
+        changed: &Arc<Notify>,
+    ) -> bool {
+        if slot.get().is_some() {
+            return false;
+        }
+        let Some(r) = self.served(client).await else { return false };
+        let store = spawn_dynamic(client, &r, changed.clone());
+        let _ = store.wait_until_ready().await;
+        info!(api = %format!("{}/{}", r.api_version, r.kind), "watching gang API");
+        slot.set((store, r)).is_ok()
+    }
+}
+
 impl GangApis {
     fn all_watched(&self) -> bool {
-        self.workload.get().is_some() && self.coscheduling.get().is_some() && self.pod_gangs.get().is_some()
+        self.workload.get().is_some()
+            && self.composite.get().is_some()
+            && self.coscheduling.get().is_some()
+            && self.pod_gangs.get().is_some()
     }
 
     /// Starts a watch for every gang API now served and not yet watched; returns the names
     /// of those started. Each store has its initial list when this returns.
     async fn discover(&self, client: &Client, changed: &Arc<Notify>, metrics: &Metrics) -> Vec<&'static str> {
-        const WORKLOAD: &str = "scheduling.k8s.io/v1alpha2/PodGroup";
-        const COSCHEDULING: &str = "scheduling.x-k8s.io/v1alpha1/PodGroup";
-        const GROVE: &str = "scheduler.grove.io/v1alpha1/PodGang";
         let mut started = Vec::new();
-        if self.workload.get().is_none() && served(client, "scheduling.k8s.io", "v1alpha2", "PodGroup").await.is_some()
-        {
-            let store = spawn_reflector(Api::<WorkloadPodGroup>::all(client.clone()), changed.clone());
-            let _ = store.wait_until_ready().await;
-            let _ = self.workload.set(store);
-            started.push(WORKLOAD);
+        let store_only = |slot: &OnceLock<Store<DynamicObject>>, pair: OnceLock<(Store<DynamicObject>, ApiResource)>| {
+            if let Some((store, _)) = pair.into_inner() {
+                let _ = slot.set(store);
+            }
+        };
+        if WORKLOAD.watch(&self.workload, client, changed).await {
+            started.push(WORKLOAD.label);
         }
-        if self.coscheduling.get().is_none()
-            && let Some(r) = served(client, "scheduling.x-k8s.io", "v1alpha1", "PodGroup").await
-        {
-            let store = spawn_dynamic(client, &r, changed.clone());
-            let _ = store.wait_until_ready().await;
-            let _ = self.coscheduling.set((store, r));
-            started.push(COSCHEDULING);
+        let composite = OnceLock::new();
+        if self.composite.get().is_none() && COMPOSITE.watch(&composite, client, changed).await {
+            store_only(&self.composite, composite);
+            started.push(COMPOSITE.label);
         }
-        if self.pod_gangs.get().is_none()
-            && let Some(r) = served(client, "scheduler.grove.io", "v1alpha1", "PodGang").await
-        {
-            let store = spawn_dynamic(client, &r, changed.clone());
-            let _ = store.wait_until_ready().await;
-            let _ = self.pod_gangs.set(store);
-            started.push(GROVE);
+        if COSCHEDULING.watch(&self.coscheduling, client, changed).await {
+            started.push(COSCHEDULING.label);
         }
-        metrics.gang_api(WORKLOAD, self.workload.get().is_some());
-        metrics.gang_api(COSCHEDULING, self.coscheduling.get().is_some());
-        metrics.gang_api(GROVE, self.pod_gangs.get().is_some());
+        let grove = OnceLock::new();
+        if self.pod_gangs.get().is_none() && GROVE.watch(&grove, client, changed).await {
+            store_only(&self.pod_gangs, grove);
+            started.push(GROVE.label);
+        }
+        metrics.gang_api(WORKLOAD.label, self.workload.get().is_some());
+        metrics.gang_api(COMPOSITE.label, self.composite.get().is_some());
+        metrics.gang_api(COSCHEDULING.label, self.coscheduling.get().is_some());
+        metrics.gang_api(GROVE.label, self.pod_gangs.get().is_some());
         started
     }
 }
@@ -202,6 +254,11 @@ impl Cache {
         self.gang_apis.coscheduling.get().map(|(_, r)| r)
     }
 
+    /// The Workload API `PodGroup` resource in the version watched, when the cluster serves it.
+    pub fn workload_resource(&self) -> Option<&ApiResource> {
+        self.gang_apis.workload.get().map(|(_, r)| r)
+    }
+
     /// Set once the initial lists are in (for `/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         self.ready.clone()
@@ -273,12 +330,8 @@ impl Cache {
             resource_claims: claims,
             resource_claim_templates: self.templates.state().iter().map(|t| (**t).clone()).collect(),
             pods,
-            workload_pod_groups: self
-                .gang_apis
-                .workload
-                .get()
-                .map(|s| s.state().iter().map(|g| (**g).clone()).collect())
-                .unwrap_or_default(),
+            workload_pod_groups: typed(self.gang_apis.workload.get().map(|(s, _)| s)),
+            composite_pod_groups: typed(self.gang_apis.composite.get()),
             coscheduling_pod_groups: typed(self.gang_apis.coscheduling.get().map(|(s, _)| s)),
             pod_gangs: typed(self.gang_apis.pod_gangs.get()),
         }

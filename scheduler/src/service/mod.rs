@@ -161,6 +161,7 @@ impl Scheduler {
             pods: &snapshot.pods,
             coscheduling_pod_groups: &snapshot.coscheduling_pod_groups,
             workload_pod_groups: &snapshot.workload_pod_groups,
+            composite_pod_groups: &snapshot.composite_pod_groups,
             pod_gangs: &snapshot.pod_gangs,
         })
     }

@@ -101,8 +101,8 @@ impl ClaimIndex {
                 metadata: ObjectMeta {
                     name: Some(name),
                     namespace: Some(ns.clone()),
-                    labels: t.spec.metadata.as_ref().and_then(|m| m.labels.clone()),
-                    annotations: t.spec.metadata.as_ref().and_then(|m| m.annotations.clone()),
+                    labels: t.spec.as_ref().and_then(|s| s.metadata.as_ref()).and_then(|m| m.labels.clone()),
+                    annotations: t.spec.as_ref().and_then(|s| s.metadata.as_ref()).and_then(|m| m.annotations.clone()),
                     owner_references: Some(vec![OwnerReference {
                         api_version: "v1".into(),
                         kind: "Pod".into(),
@@ -113,7 +113,7 @@ impl ClaimIndex {
                     }]),
                     ..Default::default()
                 },
-                spec: t.spec.spec.clone(),
+                spec: t.spec.as_ref().and_then(|s| s.spec.clone()),
                 status: None,
             });
             out.push(key);
@@ -125,7 +125,7 @@ impl ClaimIndex {
 /// The driver a DeviceClass selects, read from a `device.driver == "…"` clause of its
 /// CEL selectors; `None` when no such clause exists (the class may match any driver).
 pub fn class_driver(class: &DeviceClass) -> Option<String> {
-    for sel in class.spec.selectors.iter().flatten() {
+    for sel in class.spec.iter().flat_map(|s| s.selectors.iter().flatten()) {
         let Some(cel) = &sel.cel else { continue };
         let e = cel.expression.as_str();
         let mut rest = e;
@@ -180,7 +180,7 @@ pub struct RequestShape {
 /// The shapes of a claim's requests.
 pub fn request_shapes(claim: &ResourceClaim, classes: &HashMap<String, Option<String>>) -> Vec<RequestShape> {
     let mut out = Vec::new();
-    for r in claim.spec.devices.as_ref().and_then(|d| d.requests.as_ref()).into_iter().flatten() {
+    for r in claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten() {
         let count =
             |mode: Option<&str>, c: Option<i64>| if mode == Some("All") { 1 } else { c.unwrap_or(1).max(0) as u32 };
         if let Some(e) = &r.exactly {
@@ -229,15 +229,15 @@ pub enum Locality {
 fn has_constraint(claim: &ResourceClaim, attr: &str) -> bool {
     claim
         .spec
-        .devices
         .as_ref()
+        .and_then(|s| s.devices.as_ref())
         .and_then(|d| d.constraints.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.match_attribute.as_deref() == Some(attr)))
 }
 
 fn with_constraint(claim: &ResourceClaim, requests: Vec<String>, attr: &str) -> ResourceClaim {
     let mut c = claim.clone();
-    let dev = c.spec.devices.get_or_insert_with(Default::default);
+    let dev = c.spec.get_or_insert_with(Default::default).devices.get_or_insert_with(Default::default);
     dev.constraints.get_or_insert_with(Vec::new).push(DeviceConstraint {
         requests: Some(requests),
         match_attribute: Some(attr.to_string()),

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
-use k8s_openapi::api::scheduling::v1alpha2::PodGroup as WorkloadPodGroup;
+use phalanx_gang::workload::{CompositePodGroup, WorkloadPodGroup};
 use phalanx_gang::crd::{CoschedulingPodGroup, PodGang};
 
 /// Everything placement reads, as plain data.
@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub coscheduling_pod_groups: Vec<CoschedulingPodGroup>,
     /// Workload API PodGroups.
     pub workload_pod_groups: Vec<WorkloadPodGroup>,
+    /// Workload API CompositePodGroups.
+    pub composite_pod_groups: Vec<CompositePodGroup>,
     /// Grove PodGangs.
     pub pod_gangs: Vec<PodGang>,
 }

@@ -166,6 +166,7 @@ impl Cluster {
             pods: &self.snap.pods,
             coscheduling_pod_groups: &self.snap.coscheduling_pod_groups,
             workload_pod_groups: &self.snap.workload_pod_groups,
+            composite_pod_groups: &self.snap.composite_pod_groups,
             pod_gangs: &self.snap.pod_gangs,
         });
         assert!(a.problems.is_empty(), "{:?}", a.problems);
