@@ -4,7 +4,15 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NEXTEST_VERSION ?= 0.9.151
-export GOTOOLCHAIN := local
+# Kubernetes 1.37 is built with Go 1.27: the go command fetches this toolchain from the
+# Go module proxy (a fresh machine has Go 1.26, which ignores a go.mod toolchain line).
+export GOTOOLCHAIN := go1.27.3
+# The Kubernetes version the tests run against: 1.37 (default) or 1.36.
+PHALANX_K8S ?= 1.37
+export PHALANX_K8S
+# The tests that `make test-compat` runs on the other supported version: the scheduler's
+# end-to-end tests and the driver's tests against the apiserver.
+COMPAT_TESTS ?= -p phalanx-scheduler --test e2e --test commit --test crash -p phalanx-dra-driver --test publisher --test admission -p phalanx-tests --test smoke
 
 .PHONY: help
 help: ## List the targets
@@ -17,7 +25,7 @@ tools: ## Install the Rust tools the tests need (rustfmt, clippy, cargo-nextest)
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --version $(NEXTEST_VERSION) --locked
 
 .PHONY: envtest
-envtest: ## Build (or reuse) kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok
+envtest: ## Build (or reuse) the control plane of PHALANX_K8S (1.37 default): kube-apiserver, -controller-manager, -scheduler, kubectl, etcd, kwok
 	@bash hack/envtest/build.sh --versions
 
 .PHONY: fmt-check
@@ -36,6 +44,12 @@ build:
 test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, all tests against the real control plane
 	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
+
+.PHONY: test-compat
+test-compat: tools ## The end-to-end scheduler tests and the driver's apiserver tests on Kubernetes 1.36
+	PHALANX_K8S=1.36 && export PHALANX_K8S && \
+	  PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
+	  $(CARGO) nextest run --locked --no-fail-fast $(COMPAT_TESTS)
 
 .PHONY: bench-cluster
 bench-cluster: ## Cluster benchmark: NODES kwok nodes x 8 GPUs, PODS single pods, GANGS 64-pod gangs

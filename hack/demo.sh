@@ -9,7 +9,8 @@
 # Ctrl-C stops everything. DEMO_EXIT=1 exits after the report (for a quick check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GOTOOLCHAIN=local
+# Kubernetes 1.37 needs Go 1.27; the go command fetches it from the module proxy.
+export GOTOOLCHAIN=go1.27.3
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

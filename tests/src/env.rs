@@ -13,7 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::Error;
-use crate::binaries;
+use crate::binaries::{self, KubeVersion};
 use crate::pki::Pki;
 use crate::process::Component;
 
@@ -23,9 +23,13 @@ pub enum FeatureSet {
     /// Kubernetes' defaults for the release.
     #[default]
     Default,
+    /// Every beta feature gate on and every beta API served, as a cluster that opts in
+    /// to beta features runs (e.g. the Workload API `scheduling.k8s.io/v1beta1` on 1.37,
+    /// whose `GenericWorkload` gate is off by default). Set identically on every component.
+    Beta,
     /// Every alpha and beta feature gate on, and every API group served (e.g. the
-    /// Workload API `scheduling.k8s.io/v1alpha2`). Set identically on the apiserver,
-    /// the controller manager and the scheduler.
+    /// Workload API `scheduling.k8s.io/v1alpha2` on 1.36, `v1alpha3` with
+    /// CompositePodGroup on 1.37). Set identically on every component.
     Alpha,
 }
 
@@ -33,7 +37,16 @@ impl FeatureSet {
     fn feature_gates(self) -> Option<&'static str> {
         match self {
             FeatureSet::Default => None,
+            FeatureSet::Beta => Some("AllBeta=true"),
             FeatureSet::Alpha => Some("AllAlpha=true,AllBeta=true"),
+        }
+    }
+
+    fn runtime_config(self) -> Option<&'static str> {
+        match self {
+            FeatureSet::Default => None,
+            FeatureSet::Beta => Some("api/beta=true"),
+            FeatureSet::Alpha => Some("api/all=true"),
         }
     }
 }
@@ -98,6 +111,7 @@ pub struct TestEnv {
     kubeconfig: PathBuf,
     pki: Pki,
     features: FeatureSet,
+    version: KubeVersion,
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
 }
@@ -136,6 +150,7 @@ impl TestEnv {
             kubeconfig: dir_path.join("admin.kubeconfig"),
             pki,
             features: options.features,
+            version: KubeVersion::selected()?,
             dir: Some(dir),
             dir_path,
         };
@@ -205,6 +220,11 @@ impl TestEnv {
     /// The feature set every component runs with.
     pub fn features(&self) -> FeatureSet {
         self.features
+    }
+
+    /// The Kubernetes version running (`PHALANX_K8S`).
+    pub fn kube_version(&self) -> KubeVersion {
+        self.version
     }
 
     /// Path of one of the envtest binaries, e.g. `kube-scheduler` or `kubectl`.
@@ -334,7 +354,9 @@ impl TestEnv {
         ];
         if let Some(gates) = self.features.feature_gates() {
             args.push(format!("--feature-gates={gates}"));
-            args.push("--runtime-config=api/all=true".into());
+        }
+        if let Some(config) = self.features.runtime_config() {
+            args.push(format!("--runtime-config={config}"));
         }
         args
     }

@@ -18,6 +18,7 @@ pub mod wait;
 
 use std::path::PathBuf;
 
+pub use binaries::KubeVersion;
 pub use env::{FeatureSet, KWOK_NODE_ANNOTATION, KWOK_STAGES, Options, TestEnv};
 
 /// Why the environment could not be started or used.

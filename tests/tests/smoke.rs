@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
 use kube::api::{Api, ListParams, PostParams};
-use phalanx_testenv::{FeatureSet, Options, TestEnv, wait};
+use phalanx_testenv::{FeatureSet, KubeVersion, Options, TestEnv, wait};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -264,18 +264,38 @@ async fn rbac_denies_unprivileged_service_account() {
     }
 }
 
+/// The Workload API is served in the version the running release has: v1beta1 (with
+/// the beta feature set) and v1alpha3 on 1.37, v1alpha2 on 1.36; not at all by default.
 #[tokio::test]
-async fn alpha_feature_set_serves_the_workload_api() {
-    let env = TestEnv::start(Options::default().features(FeatureSet::Alpha).controller_manager(true).kwok(false))
+async fn feature_sets_serve_the_workload_api_of_the_release() {
+    let get = |env: &TestEnv, path: &str| {
+        let request = http::Request::get(path).body(Vec::new()).unwrap();
+        let client = env.client();
+        async move { client.request_text(request).await }
+    };
+    let alpha = TestEnv::start(Options::default().features(FeatureSet::Alpha).controller_manager(false).kwok(false))
         .await
         .expect("control plane starts with every alpha gate");
-    let request = http::Request::get("/apis/scheduling.k8s.io/v1alpha2").body(Vec::new()).unwrap();
-    let body = env.client().request_text(request).await.expect("scheduling.k8s.io/v1alpha2 served");
+    let version = get(&alpha, "/version").await.unwrap();
+    assert!(version.contains(&format!("\"v{}.", alpha.kube_version())), "{version}");
+    let alpha_path = match alpha.kube_version() {
+        KubeVersion::V1_36 => "/apis/scheduling.k8s.io/v1alpha2",
+        KubeVersion::V1_37 => "/apis/scheduling.k8s.io/v1alpha3",
+    };
+    let body = get(&alpha, alpha_path).await.expect("the alpha Workload API is served");
     assert!(body.contains("\"podgroups\""), "the Workload API's PodGroup is served: {body}");
+    if alpha.kube_version() == KubeVersion::V1_37 {
+        assert!(body.contains("\"compositepodgroups\""), "CompositePodGroup is alpha in 1.37: {body}");
+        let beta = TestEnv::start(Options::default().features(FeatureSet::Beta).controller_manager(false).kwok(false))
+            .await
+            .expect("control plane starts with every beta gate");
+        let body = get(&beta, "/apis/scheduling.k8s.io/v1beta1").await.expect("v1beta1 served with beta gates");
+        assert!(body.contains("\"podgroups\"") && body.contains("\"workloads\""), "{body}");
+        assert!(get(&beta, "/apis/scheduling.k8s.io/v1alpha3").await.is_err(), "alpha stays off with beta gates");
+    }
 
     let default_env = TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.unwrap();
-    let request = http::Request::get("/apis/scheduling.k8s.io/v1alpha2").body(Vec::new()).unwrap();
-    assert!(default_env.client().request_text(request).await.is_err(), "not served without the switch");
+    assert!(get(&default_env, alpha_path).await.is_err(), "not served without the switch");
 }
 
 #[tokio::test]

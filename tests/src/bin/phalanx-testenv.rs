@@ -21,6 +21,9 @@ enum Command {
         /// Turn on every alpha/beta feature gate and API group on every component.
         #[arg(long)]
         alpha: bool,
+        /// Turn on every beta feature gate and beta API group (e.g. the 1.37 Workload API).
+        #[arg(long, conflicts_with = "alpha")]
+        beta: bool,
         /// Also run the upstream kube-scheduler.
         #[arg(long)]
         kube_scheduler: bool,
@@ -46,8 +49,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", phalanx_testenv::binaries::bin_dir()?.display());
             Ok(())
         }
-        Command::Up { alpha, kube_scheduler, no_kwok, write_kubeconfig } => {
-            let features = if alpha { FeatureSet::Alpha } else { FeatureSet::Default };
+        Command::Up { alpha, beta, kube_scheduler, no_kwok, write_kubeconfig } => {
+            let features = match (alpha, beta) {
+                (true, _) => FeatureSet::Alpha,
+                (_, true) => FeatureSet::Beta,
+                _ => FeatureSet::Default,
+            };
             let options = Options::default().features(features).kube_scheduler(kube_scheduler).kwok(!no_kwok);
             let mut env = TestEnv::start(options).await.context("starting the control plane")?;
             if let Some(path) = write_kubeconfig {
