@@ -556,22 +556,47 @@ async fn scheduling_gate_on_one_member_holds_the_gang() {
     scheduler.shutdown().await;
 }
 
-/// The upstream Workload API (alpha in 1.36, served with every alpha gate on): a
-/// `scheduling.k8s.io/v1alpha2` PodGroup with a gang policy, pods joining it through
-/// `spec.schedulingGroup`. Held until `minCount` pods exist, then placed whole.
+/// The Workload API as the running release serves it: `scheduling.k8s.io/v1beta1` on
+/// 1.37 (beta: a cluster with beta features on), `v1alpha2` on 1.36 (every alpha gate on).
+/// The scheduler discovers the version at run time.
+fn workload_api() -> (phalanx_testenv::FeatureSet, kube::api::ApiResource) {
+    use phalanx_testenv::{FeatureSet, KubeVersion};
+    let (features, version) = match KubeVersion::selected().expect("PHALANX_K8S") {
+        KubeVersion::V1_37 => (FeatureSet::Beta, "v1beta1"),
+        KubeVersion::V1_36 => (FeatureSet::Alpha, "v1alpha2"),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk("scheduling.k8s.io", version, "PodGroup");
+    (features, kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups"))
+}
+
+fn initially_scheduled(group: &kube::api::DynamicObject) -> Option<(String, String, String)> {
+    let c =
+        group.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "PodGroupInitiallyScheduled")?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// A Workload API PodGroup with a gang policy, pods joining it through
+/// `spec.schedulingGroup`: held until `minCount` pods exist and fit, then placed whole.
+/// Its `PodGroupInitiallyScheduled` condition says why it waits, then that it is scheduled.
 #[tokio::test]
 async fn workload_api_pod_group_is_a_gang() {
-    use k8s_openapi::api::scheduling::v1alpha2::PodGroup;
-    let options = phalanx_testenv::Options::default().features(phalanx_testenv::FeatureSet::Alpha);
-    let env = TestEnv::start(options).await.expect("control plane starts");
+    use kube::api::DynamicObject;
+    let (features, resource) = workload_api();
+    let env =
+        TestEnv::start(phalanx_testenv::Options::default().features(features)).await.expect("control plane starts");
     let client = env.client();
     gpu_cluster(&client, 2, 2).await;
-    let group: PodGroup = from_json(json!({
+    let group: DynamicObject = from_json(json!({
+        "apiVersion": resource.api_version, "kind": "PodGroup",
         "metadata": { "name": "wl", "namespace": NS },
         "spec": { "schedulingPolicy": { "gang": { "minCount": 3 } } }
     }));
-    Api::<PodGroup>::namespaced(client.clone(), NS).create(&PostParams::default(), &group).await.unwrap();
+    let groups: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+    groups.create(&PostParams::default(), &group).await.unwrap();
     let scheduler = start_scheduler(&env).await;
+    let watched = "phalanx_gang_api_watched{api=\"scheduling.k8s.io/PodGroup\"} 1";
+    assert!(scheduler.metrics.encode().contains(watched), "the served Workload API version is watched");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let member = |i: usize| -> Pod {
@@ -595,8 +620,19 @@ async fn workload_api_pod_group_is_a_gang() {
     // 3 × 8 GPUs need a third node: the gang waits whole until it comes.
     pods.create(&PostParams::default(), &member(2)).await.unwrap();
     wait::until(&pods, "wl-2", TIMEOUT, "told why it waits", told_unschedulable).await;
+    // First "waiting for 1 more pod", then, with all three there, what is short.
+    let (status, reason, message) = wait::poll(TIMEOUT, "the PodGroup to say which devices are short", || async {
+        initially_scheduled(&groups.get("wl").await.ok()?).filter(|(_, _, m)| m.contains("gpu.phalanx.dev"))
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Unschedulable"), "{message}");
     gpu_nodes(&client, 2..3, 2).await;
     wait_bound(&client, &(0..3).map(|i| format!("wl-{i}")).collect::<Vec<_>>()).await;
+    let (_, reason, _) = wait::poll(TIMEOUT, "the PodGroup to turn scheduled", || async {
+        initially_scheduled(&groups.get("wl").await.ok()?).filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "Scheduled");
     scheduler.shutdown().await;
 }
 

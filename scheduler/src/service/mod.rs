@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod podgroup;
 pub mod report;
+pub mod workload;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -103,6 +104,7 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
     let scheduler = Scheduler {
         client: client.clone(),
         pod_groups: std::sync::OnceLock::new(),
+        workload_groups: std::sync::OnceLock::new(),
         committer: {
             let cache = cache.clone();
             Committer::new(client.clone(), config.scheduler_name.clone())
@@ -125,6 +127,7 @@ struct Scheduler {
     client: Client,
     /// Created once the cluster serves scheduler-plugins PodGroups.
     pod_groups: std::sync::OnceLock<podgroup::PodGroupStatusWriter>,
+    workload_groups: std::sync::OnceLock<workload::WorkloadStatusWriter>,
     config: SchedulerConfig,
     cache: Arc<Cache>,
     committer: Committer,
@@ -276,6 +279,8 @@ impl Scheduler {
                 .get_or_init(|| podgroup::PodGroupStatusWriter::new(self.client.clone(), resource.clone()));
             writer.sync(&snapshot.coscheduling_pod_groups, &snapshot.pods).await;
         }
+        // Groups whose pods the last passes bound turn `PodGroupInitiallyScheduled=True`.
+        self.sync_workload_groups(&snapshot, &HashMap::new()).await;
         if queue == 0 {
             self.metrics.pending_gangs.set(0);
             return;
@@ -316,6 +321,7 @@ impl Scheduler {
         let mut pending = 0;
         // Why pods wait, told after the commits (which is what users wait for), many at once.
         let mut waiting_reports: Vec<(&Pod, String)> = Vec::new();
+        let mut waiting_groups: HashMap<workload::GroupKey, workload::Waiting> = HashMap::new();
         for gang in &gangs {
             match placer.place_gang(gang) {
                 GangOutcome::Placed(plan) => match index.gang_plan(&plan) {
@@ -336,6 +342,11 @@ impl Scheduler {
                             .filter_map(|pod| index.pod(&pod.namespace, &pod.name))
                             .map(|live| (live, message.clone())),
                     );
+                    for live in p.pods.iter().filter_map(|pod| index.pod(&pod.namespace, &pod.name)) {
+                        if let Some(group) = workload::group_of(live) {
+                            waiting_groups.insert(group, workload::Waiting::Unschedulable(message.clone()));
+                        }
+                    }
                 }
             }
         }
@@ -350,6 +361,11 @@ impl Scheduler {
                     .filter_map(|pod| index.pod(&pod.namespace, &pod.name))
                     .map(|live| (live, message.clone())),
             );
+            for live in problem.pods.iter().filter_map(|pod| index.pod(&pod.namespace, &pod.name)) {
+                if let Some(group) = workload::group_of(live) {
+                    waiting_groups.insert(group, workload::Waiting::Invalid(message.clone()));
+                }
+            }
         }
         self.metrics.pending_gangs.set(pending);
         self.metrics.phase("place", place_started.elapsed().as_secs_f64());
@@ -364,7 +380,24 @@ impl Scheduler {
             .buffer_unordered(REPORT_CONCURRENCY)
             .count()
             .await;
+        self.sync_workload_groups(&snapshot, &waiting_groups).await;
         self.metrics.phase("cycle", started.elapsed().as_secs_f64());
+    }
+
+    /// Keeps `PodGroupInitiallyScheduled` of the Workload API PodGroups with pods of ours.
+    async fn sync_workload_groups(
+        &self,
+        snapshot: &Snapshot,
+        waiting: &HashMap<workload::GroupKey, workload::Waiting>,
+    ) {
+        let Some(resource) = self.cache.workload_resource() else { return };
+        if snapshot.workload_pod_groups.is_empty() {
+            return;
+        }
+        let writer = self
+            .workload_groups
+            .get_or_init(|| workload::WorkloadStatusWriter::new(self.client.clone(), resource.clone()));
+        writer.sync(&snapshot.workload_pod_groups, &snapshot.pods, |p| self.is_ours(p), waiting).await;
     }
 
     /// Assumes every plan's writes in the cache, then commits the gangs,

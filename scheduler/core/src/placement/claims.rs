@@ -285,17 +285,17 @@ mod tests {
     fn class(name: &str, expr: &str) -> DeviceClass {
         DeviceClass {
             metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            spec: DeviceClassSpec {
+            spec: Some(DeviceClassSpec {
                 selectors: Some(vec![DeviceSelector { cel: Some(CELDeviceSelector { expression: expr.into() }) }]),
                 ..Default::default()
-            },
+            }),
         }
     }
 
     fn claim(reqs: &[(&str, &str, i64)]) -> ResourceClaim {
         ResourceClaim {
             metadata: ObjectMeta { name: Some("c".into()), ..Default::default() },
-            spec: ResourceClaimSpec {
+            spec: Some(ResourceClaimSpec {
                 devices: Some(DeviceClaim {
                     requests: Some(
                         reqs.iter()
@@ -312,7 +312,7 @@ mod tests {
                     ),
                     ..Default::default()
                 }),
-            },
+            }),
             status: None,
         }
     }
@@ -344,8 +344,8 @@ mod tests {
         );
         let cons = |c: &ResourceClaim| {
             c.spec
-                .devices
                 .as_ref()
+                .and_then(|s| s.devices.as_ref())
                 .unwrap()
                 .constraints
                 .clone()
