@@ -18,11 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodResourceClaim};
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceClaimConsumerReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use phalanx_gang::workload::{self, WorkloadPodGroup};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -59,6 +60,9 @@ pub struct ClaimPlan {
     /// The allocation to write, or `None` when the claim is already allocated (a shared
     /// claim) and only needs the member in `reservedFor`.
     pub allocation: Option<AllocationResult>,
+    /// Whom `reservedFor` names: the pod, or its PodGroup for a PodGroup claim
+    /// (KEP-5729; see [`consumer_for`]).
+    pub consumer: ResourceClaimConsumerReference,
 }
 
 /// A gang's whole plan.
@@ -140,7 +144,8 @@ fn is_not_found(e: &kube::Error) -> bool {
 struct Written {
     namespace: String,
     claim: String,
-    pod_uid: String,
+    /// The `reservedFor` entry written: the pod's UID, or its PodGroup's.
+    consumer_uid: String,
     allocated_by_us: bool,
 }
 
@@ -311,7 +316,7 @@ impl Committer {
             }
             let status = claim.status.get_or_insert_with(Default::default);
             let reserved = status.reserved_for.get_or_insert_with(Vec::new);
-            if reserved.iter().any(|r| r.uid == member.uid) {
+            if reserved.iter().any(|r| r.uid == plan.consumer.uid) {
                 if from_cache {
                     continue;
                 }
@@ -330,12 +335,7 @@ impl Committer {
                     true
                 }
             };
-            reserved.push(ResourceClaimConsumerReference {
-                api_group: None,
-                resource: "pods".into(),
-                name: member.name.clone(),
-                uid: member.uid.clone(),
-            });
+            reserved.push(plan.consumer.clone());
 
             if allocated_by_us && !claim.finalizers().iter().any(|f| f == DELETE_PROTECTION_FINALIZER) {
                 // The finalizer goes first, in its own write: an allocation must never be
@@ -358,7 +358,7 @@ impl Committer {
                     return Ok(Some(Written {
                         namespace: ns.clone(),
                         claim: plan.name.clone(),
-                        pod_uid: member.uid.clone(),
+                        consumer_uid: plan.consumer.uid.clone(),
                         allocated_by_us,
                     }));
                 }
@@ -436,10 +436,15 @@ impl Committer {
         let mut out = Vec::new();
         for member in &plan.members {
             for claim in &member.claims {
+                // A PodGroup's reservation this plan did not allocate may be what bound
+                // members of the group run on: it is not this attempt's to undo.
+                if claim.allocation.is_none() && claim.consumer.uid != member.uid {
+                    continue;
+                }
                 out.push(Written {
                     namespace: member.namespace.clone(),
                     claim: claim.name.clone(),
-                    pod_uid: member.uid.clone(),
+                    consumer_uid: claim.consumer.uid.clone(),
                     allocated_by_us: claim.allocation.is_some(),
                 });
             }
@@ -451,7 +456,7 @@ impl Committer {
     /// is logged, and recovery on the next start finishes the job from API state.
     async fn roll_back(&self, written: &[Written], nominated: &[(String, String)]) {
         for w in written.iter().rev() {
-            if let Err(e) = self.release_claim(&w.namespace, &w.claim, &w.pod_uid, w.allocated_by_us).await {
+            if let Err(e) = self.release_claim(&w.namespace, &w.claim, &w.consumer_uid, w.allocated_by_us).await {
                 warn!(claim = %w.claim, error = %e, "rollback of claim failed; recovery will retry");
             }
         }
@@ -465,9 +470,15 @@ impl Committer {
         }
     }
 
-    /// Removes `pod_uid` from the claim's `reservedFor`; when nobody else holds the claim
+    /// Removes `consumer_uid` (a pod's or a PodGroup's) from the claim's `reservedFor`; when nobody else holds the claim
     /// and `deallocate` is set, clears the allocation and drops our finalizer.
-    async fn release_claim(&self, ns: &str, name: &str, pod_uid: &str, deallocate: bool) -> Result<(), CommitError> {
+    async fn release_claim(
+        &self,
+        ns: &str,
+        name: &str,
+        consumer_uid: &str,
+        deallocate: bool,
+    ) -> Result<(), CommitError> {
         let claims = self.claims(ns);
         for _ in 0..CONFLICT_RETRIES {
             let Some(mut claim) = claims.get_opt(name).await.map_err(api_err(format!("reading claim {ns}/{name}")))?
@@ -477,7 +488,7 @@ impl Committer {
             let status = claim.status.get_or_insert_with(Default::default);
             let reserved = status.reserved_for.get_or_insert_with(Vec::new);
             let before = reserved.len();
-            reserved.retain(|r| r.uid != pod_uid);
+            reserved.retain(|r| r.uid != consumer_uid);
             let nobody_left = reserved.is_empty();
             let clear = deallocate && nobody_left && status.allocation.is_some();
             if before != reserved.len() || clear {
@@ -567,27 +578,26 @@ impl Committer {
                     complete = false;
                     continue;
                 };
-                let reserved = claim
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.reserved_for.as_ref())
-                    .is_some_and(|r| r.iter().any(|c| c.uid == uid));
+                let reservation = reservation_of(pod, &claim);
                 let allocated = claim.status.as_ref().and_then(|s| s.allocation.as_ref()).is_some();
-                if reserved {
+                // A PodGroup's reservation is shared with members bound before: a rollback
+                // leaves it alone unless no member of the gang is bound.
+                if let Some(r) = reservation.as_ref().filter(|r| r.uid == uid || bound == 0) {
                     written.push(Written {
                         namespace: ns.clone(),
                         claim: claim.name_any(),
-                        pod_uid: uid.clone(),
+                        consumer_uid: r.uid.clone(),
                         allocated_by_us: true,
                     });
                 }
-                if !(reserved && allocated) {
+                if !(reservation.is_some() && allocated) {
                     complete = false;
                 }
                 member.claims.push(ClaimPlan {
                     name: claim.name_any(),
                     uid: claim.uid().unwrap_or_default(),
                     allocation: None,
+                    consumer: reservation.unwrap_or_else(|| pod_consumer(pod)),
                 });
             }
             if member.node.is_empty() {
@@ -641,6 +651,12 @@ pub enum RecoveryAction {
 /// names kube-controller-manager generated from templates (from
 /// `status.resourceClaimStatuses`; `None` while not generated yet).
 pub fn pod_claim_names(pod: &Pod) -> Vec<Option<String>> {
+    pod_claims(pod).into_iter().map(|(_, name)| name).collect()
+}
+
+/// Each claim entry of the pod (first of each name) with its ResourceClaim's name, in
+/// the pod's order: `None` while the claim is not generated from its template yet.
+pub fn pod_claims(pod: &Pod) -> Vec<(&PodResourceClaim, Option<String>)> {
     let generated: BTreeMap<&str, Option<&str>> = pod
         .status
         .as_ref()
@@ -654,13 +670,80 @@ pub fn pod_claim_names(pod: &Pod) -> Vec<Option<String>> {
         .map(|rcs| {
             rcs.iter()
                 .filter(|rc| seen.insert(rc.name.clone()))
-                .map(|rc| match &rc.resource_claim_name {
-                    Some(direct) => Some(direct.clone()),
-                    None => generated.get(rc.name.as_str()).copied().flatten().map(str::to_owned),
+                .map(|rc| {
+                    let name = match &rc.resource_claim_name {
+                        Some(direct) => Some(direct.clone()),
+                        None => generated.get(rc.name.as_str()).copied().flatten().map(str::to_owned),
+                    };
+                    (rc, name)
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whom a claim of `pod` is reserved for, as upstream's `resourceclaim.BindTo` decides:
+/// the pod's PodGroup when the pod's claim entry is one of the group's claims (same name,
+/// same claim or template), else the pod (KEP-5729, PodGroup claims).
+pub fn consumer_for(
+    pod: &Pod,
+    group: Option<&WorkloadPodGroup>,
+    pod_claim: &PodResourceClaim,
+) -> ResourceClaimConsumerReference {
+    let in_group = group.filter(|g| {
+        g.metadata.namespace == pod.metadata.namespace
+            && g.metadata.name.is_some()
+            && g.metadata.name
+                == pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref()).and_then(|g| g.pod_group_name.clone())
+    });
+    match in_group.and_then(|g| {
+        g.spec
+            .resource_claims
+            .iter()
+            .any(|c| {
+                c.name == pod_claim.name
+                    && c.resource_claim_name == pod_claim.resource_claim_name
+                    && c.resource_claim_template_name == pod_claim.resource_claim_template_name
+            })
+            .then_some(g)
+    }) {
+        Some(g) => ResourceClaimConsumerReference {
+            api_group: Some(workload::GROUP.into()),
+            resource: "podgroups".into(),
+            name: g.metadata.name.clone().unwrap_or_default(),
+            uid: g.metadata.uid.clone().unwrap_or_default(),
+        },
+        None => pod_consumer(pod),
+    }
+}
+
+fn pod_consumer(pod: &Pod) -> ResourceClaimConsumerReference {
+    ResourceClaimConsumerReference {
+        api_group: None,
+        resource: "pods".into(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+    }
+}
+
+/// The `reservedFor` entry that holds `claim` for `pod`: its own, or its PodGroup's
+/// (which pods know by name, not UID: upstream's `IsReservedForPod`).
+pub fn reservation_of(pod: &Pod, claim: &ResourceClaim) -> Option<ResourceClaimConsumerReference> {
+    let uid = pod.uid()?;
+    let group = pod.spec.as_ref().and_then(|s| s.scheduling_group.as_ref()).and_then(|g| g.pod_group_name.as_deref());
+    claim
+        .status
+        .as_ref()?
+        .reserved_for
+        .as_ref()?
+        .iter()
+        .find(|r| {
+            r.uid == uid
+                || (r.api_group.as_deref() == Some(workload::GROUP)
+                    && r.resource == "podgroups"
+                    && Some(r.name.as_str()) == group)
+        })
+        .cloned()
 }
 
 fn vanished(kind: &'static str, namespace: &str, name: &str) -> CommitError {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
+use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim, ResourceClaimConsumerReference};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use phalanx_scheduler::commit::{
@@ -60,6 +60,15 @@ fn allocation(device: &str) -> AllocationResult {
     }))
 }
 
+fn for_pod(pod: &Pod) -> ResourceClaimConsumerReference {
+    ResourceClaimConsumerReference {
+        api_group: None,
+        resource: "pods".into(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap(),
+    }
+}
+
 fn plan(pods: &[Pod], claims: &[ResourceClaim]) -> GangPlan {
     GangPlan {
         gang: "default/g".into(),
@@ -76,6 +85,7 @@ fn plan(pods: &[Pod], claims: &[ResourceClaim]) -> GangPlan {
                     name: claim.name_any(),
                     uid: claim.uid().unwrap(),
                     allocation: Some(allocation(&format!("gpu-{i}"))),
+                    consumer: for_pod(pod),
                 }],
             })
             .collect(),
@@ -254,6 +264,7 @@ async fn claim_shared_by_every_member_is_allocated_once_and_reserved_for_all() {
             name: "shared".into(),
             uid: shared.uid().unwrap(),
             allocation: (i == 0).then(|| allocation("gpu-3")),
+            consumer: for_pod(&pods[i]),
         });
     }
     Committer::new(client.clone(), "phalanx-scheduler").commit(&gang).await.expect("commit succeeds");

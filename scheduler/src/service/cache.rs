@@ -55,18 +55,30 @@ struct GangApi {
     kind: &'static str,
 }
 
-const WORKLOAD: GangApi =
-    GangApi { label: "scheduling.k8s.io/PodGroup", group: workload::GROUP, versions: workload::POD_GROUP_VERSIONS, kind: "PodGroup" };
+const WORKLOAD: GangApi = GangApi {
+    label: "scheduling.k8s.io/PodGroup",
+    group: workload::GROUP,
+    versions: workload::POD_GROUP_VERSIONS,
+    kind: "PodGroup",
+};
 const COMPOSITE: GangApi = GangApi {
     label: "scheduling.k8s.io/CompositePodGroup",
     group: workload::GROUP,
     versions: workload::COMPOSITE_POD_GROUP_VERSIONS,
     kind: "CompositePodGroup",
 };
-const COSCHEDULING: GangApi =
-    GangApi { label: "scheduling.x-k8s.io/v1alpha1/PodGroup", group: "scheduling.x-k8s.io", versions: &["v1alpha1"], kind: "PodGroup" };
-const GROVE: GangApi =
-    GangApi { label: "scheduler.grove.io/v1alpha1/PodGang", group: "scheduler.grove.io", versions: &["v1alpha1"], kind: "PodGang" };
+const COSCHEDULING: GangApi = GangApi {
+    label: "scheduling.x-k8s.io/v1alpha1/PodGroup",
+    group: "scheduling.x-k8s.io",
+    versions: &["v1alpha1"],
+    kind: "PodGroup",
+};
+const GROVE: GangApi = GangApi {
+    label: "scheduler.grove.io/v1alpha1/PodGang",
+    group: "scheduler.grove.io",
+    versions: &["v1alpha1"],
+    kind: "PodGang",
+};
 
 impl GangApi {
     /// The first version of this API the cluster serves.
@@ -109,7 +121,8 @@ impl GangApis {
     /// of those started. Each store has its initial list when this returns.
     async fn discover(&self, client: &Client, changed: &Arc<Notify>, metrics: &Metrics) -> Vec<&'static str> {
         let mut started = Vec::new();
-        let store_only = |slot: &OnceLock<Store<DynamicObject>>, pair: OnceLock<(Store<DynamicObject>, ApiResource)>| {
+        let store_only = |slot: &OnceLock<Store<DynamicObject>>,
+                          pair: OnceLock<(Store<DynamicObject>, ApiResource)>| {
             if let Some((store, _)) = pair.into_inner() {
                 let _ = slot.set(store);
             }

@@ -26,7 +26,7 @@ use phalanx_scheduler_core::placement::{GangOutcome, PlacementOptions, Placer, P
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::commit::{ClaimPlan, Committer, GangPlan, MemberPlan, RecoveringGang, pod_claim_names};
+use crate::commit::{self, ClaimPlan, Committer, GangPlan, MemberPlan, RecoveringGang, pod_claim_names, pod_claims};
 use crate::leader::{LeaderConfig, LeaderElector};
 use cache::{Cache, Key};
 use config::SchedulerConfig;
@@ -350,6 +350,22 @@ impl Scheduler {
                 }
             }
         }
+        // A claim whose template does not exist is never generated: say so, or the gang
+        // would wait without a word.
+        for gang in &waiting_for_claims {
+            let members: Vec<&Pod> =
+                gang.members.iter().filter_map(|m| index.pod(&m.pod.namespace, &m.pod.name)).collect();
+            let Some(message) = members.iter().find_map(|p| missing_template(p, &snapshot)) else { continue };
+            pending += 1;
+            self.metrics.attempt("unschedulable");
+            let message = format!("gang {}: {message}", gang.key);
+            for live in members {
+                if let Some(group) = workload::group_of(live) {
+                    waiting_groups.insert(group, workload::Waiting::Invalid(message.clone()));
+                }
+                waiting_reports.push((live, message.clone()));
+            }
+        }
         for problem in &assembly.problems {
             pending += 1;
             self.metrics.attempt("unschedulable");
@@ -513,9 +529,50 @@ fn assumptions(gp: &GangPlan) -> (Vec<AssumedClaim>, Vec<AssumedBinding>) {
 }
 
 /// Lookups by key into one snapshot.
+/// Why a claim of `pod` cannot be generated: its template (the pod's own, or one its
+/// PodGroup shares) does not exist. `None` when every template is there.
+fn missing_template(pod: &Pod, snapshot: &Snapshot) -> Option<String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let exists = |name: &str| {
+        snapshot
+            .resource_claim_templates
+            .iter()
+            .any(|t| t.metadata.name.as_deref() == Some(name) && t.metadata.namespace.as_deref() == Some(ns.as_str()))
+    };
+    let generated = |name: &str| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.resource_claim_statuses.as_ref())
+            .is_some_and(|ss| ss.iter().any(|s| s.name == name && s.resource_claim_name.is_some()))
+    };
+    for (rc, _) in pod_claims(pod) {
+        let Some(template) = rc.resource_claim_template_name.as_deref() else { continue };
+        if generated(&rc.name) || exists(template) {
+            continue;
+        }
+        let group = workload::group_of(pod).and_then(|(gns, g)| {
+            snapshot.workload_pod_groups.iter().find(|pg| {
+                pg.metadata.name.as_deref() == Some(g.as_str())
+                    && pg.metadata.namespace.as_deref() == Some(gns.as_str())
+                    && pg.spec.resource_claims.iter().any(|c| c.name == rc.name)
+            })
+        });
+        let owner = match group {
+            Some(g) => format!("PodGroup {ns}/{} claim {:?}", g.metadata.name.as_deref().unwrap_or_default(), rc.name),
+            None => format!("pod {ns}/{} claim {:?}", pod.name_any(), rc.name),
+        };
+        return Some(format!(
+            "{owner} names ResourceClaimTemplate {template:?}, which does not exist in namespace {ns}; create it \
+             (the claim is generated from it) or fix the name"
+        ));
+    }
+    None
+}
+
 struct SnapshotIndex<'s> {
     pods: HashMap<(String, String), &'s Pod>,
     claims: HashMap<(String, String), &'s ResourceClaim>,
+    workload_groups: HashMap<(String, String), &'s phalanx_gang::workload::WorkloadPodGroup>,
 }
 
 impl<'s> SnapshotIndex<'s> {
@@ -525,6 +582,7 @@ impl<'s> SnapshotIndex<'s> {
         SnapshotIndex {
             pods: snapshot.pods.iter().map(|p| (key(&p.metadata), p)).collect(),
             claims: snapshot.resource_claims.iter().map(|c| (key(&c.metadata), c)).collect(),
+            workload_groups: snapshot.workload_pod_groups.iter().map(|g| (key(&g.metadata), g)).collect(),
         }
     }
 
@@ -550,7 +608,8 @@ impl<'s> SnapshotIndex<'s> {
             let uid = pod.uid().ok_or_else(|| format!("pod {ns}/{name} has no UID"))?;
             let ours: HashMap<&str, _> = m.claims.iter().map(|c| (c.name.as_str(), &c.allocation)).collect();
             let mut claims = Vec::new();
-            for claim_name in pod_claim_names(pod) {
+            let group = workload::group_of(pod).and_then(|k| self.workload_groups.get(&k).copied());
+            for (pod_claim, claim_name) in pod_claims(pod) {
                 let claim_name = claim_name.ok_or_else(|| format!("pod {ns}/{name}: a claim is not generated yet"))?;
                 let claim = self
                     .claims
@@ -564,7 +623,8 @@ impl<'s> SnapshotIndex<'s> {
                     None if claim.status.as_ref().and_then(|s| s.allocation.as_ref()).is_some() => None,
                     None => return Err(format!("claim {ns}/{claim_name} of pod {name} was not allocated by the plan")),
                 };
-                claims.push(ClaimPlan { name: claim_name, uid: claim.uid().unwrap_or_default(), allocation });
+                let consumer = commit::consumer_for(pod, group, pod_claim);
+                claims.push(ClaimPlan { name: claim_name, uid: claim.uid().unwrap_or_default(), allocation, consumer });
             }
             members.push(MemberPlan { namespace: ns.into(), name: name.into(), uid, node: m.node.clone(), claims });
         }
