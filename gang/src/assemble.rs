@@ -134,7 +134,8 @@ pub fn assemble(inputs: &GangInputs<'_>) -> Assembly {
                     Ok(Some(ci)) => {
                         (Def::Composite(ci), inputs.composite_pod_groups[ci].metadata.name.clone().unwrap_or_default())
                     }
-                    Err((group, error)) => {
+                    Err(problem) => {
+                        let (group, error) = *problem;
                         let e = broken.entry(GangKey { namespace: ns.clone(), name: group }).or_default();
                         e.1.push(error);
                         e.0.push(pr);
@@ -206,7 +207,7 @@ pub fn assemble(inputs: &GangInputs<'_>) -> Assembly {
 /// CompositePodGroup level over PodGroups (the composite is the gang, each PodGroup a
 /// role with its own minimum and topology); anything it cannot map is an error naming
 /// the object, with the group the pods should report it under.
-fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (String, GangError)> {
+fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, Box<(String, GangError)>> {
     let pg = &inputs.workload_pod_groups[i];
     let ns = pg.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let pg_name = pg.metadata.name.clone().unwrap_or_default();
@@ -215,7 +216,7 @@ fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (S
     };
     let find = |name: &str| find_meta(inputs.composite_pod_groups.iter().map(|c| &c.metadata), &ns, name);
     let Some(ci) = find(parent) else {
-        return Err((
+        return Err(Box::new((
             parent.to_string(),
             GangError::Unsupported {
                 object: format!("PodGroup {ns}/{pg_name}"),
@@ -225,7 +226,7 @@ fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (S
                 ),
                 hint: "create it, or remove parentCompositePodGroupName".into(),
             },
-        ));
+        )));
     };
     // Depth of the tree above the PodGroup, as upstream counts it (the PodGroup is level 1).
     let mut chain = vec![parent.to_string()];
@@ -243,7 +244,7 @@ fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (S
     let root = chain.last().cloned().unwrap_or_default();
     let c = &inputs.composite_pod_groups[ci];
     if chain.len() > 1 {
-        return Err((
+        return Err(Box::new((
             root,
             GangError::Unsupported {
                 object: format!("PodGroup {ns}/{pg_name}"),
@@ -257,11 +258,11 @@ fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (S
                        whole set, each PodGroup's for its own pods)"
                     .into(),
             },
-        ));
+        )));
     }
     match (&c.spec.scheduling_policy.gang, &c.spec.scheduling_policy.basic) {
         (Some(_), _) => Ok(Some(ci)),
-        (None, _) if c.topology_key().is_some() => Err((
+        (None, _) if c.topology_key().is_some() => Err(Box::new((
             parent.to_string(),
             GangError::Unsupported {
                 object: format!("CompositePodGroup {ns}/{parent}"),
@@ -270,7 +271,7 @@ fn composite_root(inputs: &GangInputs<'_>, i: usize) -> Result<Option<usize>, (S
                     .into(),
                 hint: "use schedulingPolicy.gang to place them together, or drop schedulingConstraints".into(),
             },
-        )),
+        ))),
         (None, _) => Ok(None),
     }
 }
