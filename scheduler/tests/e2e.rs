@@ -471,15 +471,6 @@ async fn grove_pod_gang_lands_whole_in_its_required_rack() {
     scheduler.shutdown().await;
 }
 
-fn condition_message(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
-        .and_then(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
 /// Bad input loses nothing: a selector that fails at runtime, a malformed gang
 /// annotation and a pod pinned to a node that vanished each get a precise reason, and
 /// the scheduler keeps placing everyone else.

@@ -318,3 +318,104 @@ async fn composite_pod_group_is_placed_as_one_gang() {
     );
     scheduler.shutdown().await;
 }
+
+/// Workload definitions Phalanx cannot use lose nothing: a PodGroup whose shared claim
+/// names a template that does not exist, and (1.37) a CompositePodGroup tree deeper than
+/// Phalanx maps, each give every pod a precise reason (and the PodGroup a
+/// `SchedulerError` condition), while a healthy PodGroup beside them is placed.
+#[tokio::test]
+async fn unusable_workload_definitions_get_a_reason_and_others_are_placed() {
+    let env = TestEnv::start(Options::default().features(FeatureSet::Alpha)).await.expect("control plane starts");
+    let client = env.client();
+    gpu_cluster(&client, 2, 2).await;
+    let version = match env.kube_version() {
+        KubeVersion::V1_37 => "v1beta1",
+        KubeVersion::V1_36 => "v1alpha2",
+    };
+    let podgroups = resource(version, "PodGroup", "podgroups");
+    let group = |name: &str, extra: serde_json::Value| {
+        let mut spec = json!({ "schedulingPolicy": { "gang": { "minCount": 2 } } });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({ "apiVersion": podgroups.api_version, "kind": "PodGroup",
+                "metadata": { "name": name, "namespace": NS }, "spec": spec })
+    };
+    create(
+        &client,
+        &podgroups,
+        group(
+            "no-template",
+            json!({
+        "resourceClaims": [{ "name": "common", "resourceClaimTemplateName": "nope" }] }),
+        ),
+    )
+    .await;
+    create(&client, &podgroups, group("healthy", json!({}))).await;
+    let scheduler = start_scheduler(&env).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for name in names("no-template", 2) {
+        group_member(&client, &name, "no-template", &[("common", "nope"), ("gpu", "one-gpu")]).await;
+    }
+    for name in names("healthy", 2) {
+        group_member(&client, &name, "healthy", &[("gpu", "eight-gpus")]).await;
+    }
+    let mut expected: Vec<(String, &str)> = names("no-template", 2)
+        .into_iter()
+        .map(|p| (p, "PodGroup default/no-template claim \"common\" names ResourceClaimTemplate \"nope\", which does not exist"))
+        .collect();
+
+    if env.kube_version() == KubeVersion::V1_37 {
+        let composites = resource("v1alpha3", "CompositePodGroup", "compositepodgroups");
+        for (name, parent) in [("top", None), ("mid", Some("top"))] {
+            create(
+                &client,
+                &composites,
+                json!({
+                    "apiVersion": "scheduling.k8s.io/v1alpha3", "kind": "CompositePodGroup",
+                    "metadata": { "name": name, "namespace": NS },
+                    "spec": { "parentCompositePodGroupName": parent,
+                              "workloadRef": { "workloadName": "deep", "templateName": name },
+                              "schedulingPolicy": { "gang": { "minGroupCount": 1 } } }
+                }),
+            )
+            .await;
+        }
+        create(
+            &client,
+            &podgroups,
+            group(
+                "leaf",
+                json!({ "parentCompositePodGroupName": "mid",
+            "workloadRef": { "workloadName": "deep", "templateName": "leaf" } }),
+            ),
+        )
+        .await;
+        for name in names("leaf", 2) {
+            group_member(&client, &name, "leaf", &[("gpu", "one-gpu")]).await;
+        }
+        expected.extend(
+            names("leaf", 2).into_iter().map(|p| (p, "CompositePodGroup tree is 3 levels deep (leaf ▸ mid ▸ top)")),
+        );
+    }
+
+    wait_bound(&client, &names("healthy", 2)).await;
+    for (pod, reason) in &expected {
+        let p = wait::until(&pods, pod, TIMEOUT, "told why it waits", told_unschedulable).await;
+        let message = condition_message(&p);
+        assert!(message.contains(reason), "{pod}: {message:?} lacks {reason:?}");
+        assert_eq!(node_of(&p), None);
+    }
+    let groups: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &podgroups);
+    let (status, reason, message) = wait::poll(TIMEOUT, "the PodGroup's SchedulerError condition", || async {
+        initially_scheduled(&groups.get("no-template").await.ok()?)
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SchedulerError"), "{message}");
+    assert!(message.contains("\"nope\""), "{message}");
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let held =
+        claims.list(&Default::default()).await.unwrap().items.into_iter().filter(|c| {
+            c.status.as_ref().is_some_and(|s| s.allocation.is_some()) && !c.name_any().starts_with("healthy")
+        });
+    assert_eq!(held.count(), 0, "a gang that waits holds no device");
+    scheduler.shutdown().await;
+}

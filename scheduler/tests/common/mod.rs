@@ -162,3 +162,13 @@ pub async fn devices_of(client: &Client, pod: &Pod) -> Vec<String> {
     }
     out
 }
+
+/// The message of the pod's `PodScheduled` condition (empty when it has none).
+pub fn condition_message(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
