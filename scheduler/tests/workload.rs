@@ -419,3 +419,41 @@ async fn unusable_workload_definitions_get_a_reason_and_others_are_placed() {
     assert_eq!(held.count(), 0, "a gang that waits holds no device");
     scheduler.shutdown().await;
 }
+
+/// The RBAC in `deploy/` is enough to schedule a Workload API gang and write its
+/// PodGroup condition.
+#[tokio::test]
+async fn deploy_rbac_covers_the_workload_api() {
+    use phalanx_scheduler::service::{self, config::SchedulerConfig};
+    let (features, podgroups) = workload_api();
+    let env = TestEnv::start(Options::default().features(features)).await.expect("control plane starts");
+    let admin = env.client();
+    gpu_cluster(&admin, 2, 2).await;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
+    let as_scheduler = env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap();
+    create(
+        &admin,
+        &podgroups,
+        json!({
+            "apiVersion": podgroups.api_version, "kind": "PodGroup",
+            "metadata": { "name": "rbac", "namespace": NS },
+            "spec": { "schedulingPolicy": { "gang": { "minCount": 2 } } }
+        }),
+    )
+    .await;
+    for name in names("rbac", 2) {
+        group_member(&admin, &name, "rbac", &[("gpu", "one-gpu")]).await;
+    }
+    let mut config = SchedulerConfig { bind_address: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    config.leader_election.enabled = false;
+    let scheduler = service::start(as_scheduler, config, "rbac-test".into()).await.unwrap();
+    wait_bound(&admin, &names("rbac", 2)).await;
+    let groups: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &podgroups);
+    wait::poll(TIMEOUT, "the PodGroup condition written as the scheduler", || async {
+        initially_scheduled(&groups.get("rbac").await.ok()?).filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    scheduler.shutdown().await;
+}
