@@ -159,7 +159,7 @@ def nvl72_racks():
                       "podReferences": [{"namespace": "ml", "name": f"serve-0-worker-{k}"} for k in range(15)]}],
                      "topologyConstraint": {"packConstraint": {"required": "nvidia.com/gpu.clique",
                                                                "preferred": "kubernetes.io/hostname"}}}})
-    objs.append({"apiVersion": "scheduling.k8s.io/v1alpha2", "kind": "PodGroup",
+    objs.append({"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup",
                  "metadata": {"name": "finetune", "namespace": "ml"},
                  "spec": {"schedulingPolicy": {"gang": {"minCount": 4}},
                           "schedulingConstraints": {"topology": [{"key": "nvidia.com/gpu.clique"}]}}})
