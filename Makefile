@@ -58,8 +58,8 @@ bench-cluster: ## Cluster benchmark: NODES kwok nodes x 8 GPUs, PODS single pods
 	  $(CARGO) bench -p phalanx-scheduler --bench cluster
 
 .PHONY: difftest
-difftest: ## Compare the DRA allocator with upstream's (hack/difftest) on N generated scenarios: make difftest N=100000 [SEED=1]
-	$(CARGO) run --release --locked -p phalanx-scheduler-core --example dra_difftest -- $(or $(N),10000) $(or $(SEED),1)
+difftest: ## Compare the DRA allocator with upstream's of Kubernetes K8S (1.37, or 1.36) on N scenarios: make difftest N=100000 [SEED=1] [K8S=1.36]
+	$(CARGO) run --release --locked -p phalanx-scheduler-core --example dra_difftest -- --k8s $(or $(K8S),1.37) $(or $(N),10000) $(or $(SEED),1)
 
 .PHONY: demo
 demo: ## Run Phalanx locally on a fake GPU cluster (Ctrl-C stops it)

@@ -1,12 +1,12 @@
-module phalanx.dev/hack/difftest
+module phalanx.dev/hack/difftest/1.36
 
 go 1.26.0
 
 require (
-	k8s.io/api v0.36.3
-	k8s.io/apimachinery v0.36.3
+	k8s.io/api v0.36.3 // indirect
+	k8s.io/apimachinery v0.36.3 // indirect
 	k8s.io/dynamic-resource-allocation v0.36.3
-	k8s.io/utils v0.0.0-20260210185600-b8788abfbbc2
+	k8s.io/utils v0.0.0-20260210185600-b8788abfbbc2 // indirect
 )
 
 require (
@@ -53,3 +53,7 @@ require (
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.3.3 // indirect
 )
+
+require phalanx.dev/hack/difftest/runner v0.0.0
+
+replace phalanx.dev/hack/difftest/runner => ../runner

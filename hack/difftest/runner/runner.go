@@ -1,11 +1,17 @@
-// Command difftest runs the upstream DRA structured allocator
-// (k8s.io/dynamic-resource-allocation, the version kube-scheduler 1.36 uses) over
-// scenarios read as JSON lines on stdin and prints one JSON line per scenario on
-// stdout, so that Phalanx's allocator can be compared with it.
+// Package runner runs the upstream DRA structured allocator
+// (k8s.io/dynamic-resource-allocation) over scenarios read as JSON lines on stdin and
+// prints one JSON line per scenario on stdout, so that Phalanx's allocator can be
+// compared with it.
+//
+// It is shared by one small command per Kubernetes release (../1.36, ../1.37). Each
+// is its own Go module, pinning that release's k8s.io modules and pulling this one in
+// with a `replace` directive: Go cannot build one module against two versions of a
+// dependency, and structured.Features has different fields in each release, so the
+// commands hold only the mapping of feature flags and this package holds the rest.
 //
 // Input line:  {"id", "features", "classes", "slices", "claims", "allocated", "node"}
 // Output line: {"id", "allocator", "results" | null, "error" | ""}
-package main
+package runner
 
 import (
 	"bufio"
@@ -23,19 +29,32 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-type features struct {
-	AdminAccess            bool `json:"adminAccess"`
-	ConsumableCapacity     bool `json:"consumableCapacity"`
-	DeviceBindingAndStatus bool `json:"deviceBindingAndStatus"`
-	DeviceTaints           bool `json:"deviceTaints"`
-	ListTypeAttributes     bool `json:"listTypeAttributes"`
-	PartitionableDevices   bool `json:"partitionableDevices"`
-	PrioritizedList        bool `json:"prioritizedList"`
+// Features are the feature flags of a scenario, as Phalanx's dra::Features serializes
+// them: every flag any supported release knows, and the release they are meant for.
+type Features struct {
+	Release                 string `json:"release"`
+	AdminAccess             bool   `json:"adminAccess"`
+	ConsumableCapacity      bool   `json:"consumableCapacity"`
+	DeviceBindingAndStatus  bool   `json:"deviceBindingAndStatus"`
+	DeviceTaints            bool   `json:"deviceTaints"`
+	FractionalCapacityRange bool   `json:"fractionalCapacityRange"`
+	ListTypeAttributes      bool   `json:"listTypeAttributes"`
+	PartitionableDevices    bool   `json:"partitionableDevices"`
+	PrioritizedList         bool   `json:"prioritizedList"`
+}
+
+// Release is what differs between the per-release commands.
+type Release struct {
+	// Name is the Kubernetes minor release, as in Features.Release: "1.37".
+	Name string
+	// AllocatorFeatures maps a scenario's flags onto that release's
+	// structured.Features; an error for a flag the release does not have.
+	AllocatorFeatures func(Features) (structured.Features, error)
 }
 
 type scenario struct {
 	ID        string                      `json:"id"`
-	Features  features                    `json:"features"`
+	Features  Features                    `json:"features"`
 	Classes   []resourceapi.DeviceClass   `json:"classes"`
 	Slices    []resourceapi.ResourceSlice `json:"slices"`
 	Claims    []resourceapi.ResourceClaim `json:"claims"`
@@ -97,7 +116,7 @@ func allocatedState(claims []resourceapi.ResourceClaim, consumable bool) structu
 	return s
 }
 
-func run(sc *scenario) (out outcome) {
+func run(rel Release, sc *scenario) (out outcome) {
 	out.ID = sc.ID
 	defer func() {
 		if r := recover(); r != nil {
@@ -105,14 +124,15 @@ func run(sc *scenario) (out outcome) {
 			out.Error = fmt.Sprintf("panic: %v", r)
 		}
 	}()
-	f := structured.Features{
-		AdminAccess:            sc.Features.AdminAccess,
-		ConsumableCapacity:     sc.Features.ConsumableCapacity,
-		DeviceBindingAndStatus: sc.Features.DeviceBindingAndStatus,
-		DeviceTaints:           sc.Features.DeviceTaints,
-		ListTypeAttributes:     sc.Features.ListTypeAttributes,
-		PartitionableDevices:   sc.Features.PartitionableDevices,
-		PrioritizedList:        sc.Features.PrioritizedList,
+	// A scenario generated for another release would compare the wrong semantics.
+	if sc.Features.Release != rel.Name {
+		out.Error = fmt.Sprintf("runner: scenario is for Kubernetes %q, this runner is %s", sc.Features.Release, rel.Name)
+		return out
+	}
+	f, err := rel.AllocatorFeatures(sc.Features)
+	if err != nil {
+		out.Error = "runner: " + err.Error()
+		return out
 	}
 	lister := classLister{}
 	for i := range sc.Classes {
@@ -156,7 +176,8 @@ func run(sc *scenario) (out outcome) {
 	return out
 }
 
-func main() {
+// Main answers every scenario on stdin with the allocator of release rel.
+func Main(rel Release) {
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<30)
 	w := bufio.NewWriter(os.Stdout)
@@ -168,7 +189,7 @@ func main() {
 			_ = enc.Encode(outcome{Error: "decode: " + err.Error()})
 			continue
 		}
-		out := run(&sc)
+		out := run(rel, &sc)
 		if err := enc.Encode(out); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

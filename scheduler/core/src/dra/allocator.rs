@@ -16,6 +16,7 @@ use super::capacity;
 use super::cel::{EvalError, SelectorProblem};
 use super::constraints::{Constraint, Scope};
 use super::error::AllocateError;
+use super::features::Release;
 use super::hash::FastMap;
 use super::nodes::node_matches;
 use super::pools::{CounterSets, Pool, gather};
@@ -34,7 +35,27 @@ pub const SEARCH_BUDGET: u64 = 2_000_000;
 #[derive(Debug, Clone, Copy)]
 pub struct Allocator<'a> {
     snap: &'a DraSnapshot,
+    bugs: UpstreamBugs,
+}
+
+/// Bugs of an upstream release that Phalanx deliberately does not copy, because they
+/// can allocate what the claim's constraints or the pool's counters forbid. Only the
+/// differential test reproduces them, to tell them from real differences.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamBug {
+    /// kubernetes/kubernetes#140438 (v0.36): distinctAttribute remembers one value
+    /// per request name, so a request's later device may repeat an earlier one.
+    DistinctPerRequest,
+    /// v0.36: available and consumed counters are keyed by pool name alone, so pools
+    /// of different drivers with the same name share one set of counters.
+    CountersByPoolName,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct UpstreamBugs {
     distinct_per_request: bool,
+    counters_by_pool_name: bool,
 }
 
 /// Why claims do not fit a node, in one line.
@@ -90,14 +111,17 @@ impl std::fmt::Display for Unsatisfied {
 impl<'a> Allocator<'a> {
     /// An allocator over a snapshot.
     pub fn new(snap: &'a DraSnapshot) -> Self {
-        Allocator { snap, distinct_per_request: false }
+        Allocator { snap, bugs: UpstreamBugs::default() }
     }
 
-    /// Reproduces upstream v0.36's distinctAttribute bug (kubernetes/kubernetes#140438)
-    /// instead of checking all pairs. Only for classifying differential-test results.
+    /// Reproduces an upstream bug. Only for classifying differential-test results.
     #[doc(hidden)]
-    pub fn with_upstream_distinct_bug(self) -> Self {
-        Allocator { distinct_per_request: true, ..self }
+    pub fn with_upstream_bug(mut self, bug: UpstreamBug) -> Self {
+        match bug {
+            UpstreamBug::DistinctPerRequest => self.bugs.distinct_per_request = true,
+            UpstreamBug::CountersByPoolName => self.bugs.counters_by_pool_name = true,
+        }
+        self
     }
 
     /// Allocates every claim on `node`. `Ok(None)`: they do not fit; `Ok(Some(r))`: one
@@ -122,7 +146,7 @@ impl<'a> Allocator<'a> {
         'a: 's,
     {
         let mut s = Search::new(self.snap, node, claims, allocated)?;
-        s.distinct_per_request = self.distinct_per_request;
+        s.bugs = self.bugs;
         if !s.prepare()? {
             return Ok(None);
         }
@@ -244,7 +268,9 @@ impl<'a> Allocator<'a> {
 
 fn min_devices(claim: &ResourceClaim) -> usize {
     let mut n = 0;
-    for r in claim.spec.devices.as_ref().and_then(|d| d.requests.as_ref()).into_iter().flatten() {
+    for r in
+        claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten()
+    {
         n += match (&r.exactly, &r.first_available) {
             (Some(e), _) if e.allocation_mode.as_deref().unwrap_or("ExactCount") == "ExactCount" => {
                 e.count.unwrap_or(1).max(0) as usize
@@ -379,7 +405,8 @@ struct Search<'s> {
     consumed_counters: HashMap<usize, CounterSets>,
     results: Vec<Vec<DevResult>>,
     steps: u64,
-    distinct_per_request: bool,
+    bugs: UpstreamBugs,
+    capacity_rules: capacity::Rules,
 }
 
 impl<'s> Search<'s> {
@@ -405,7 +432,8 @@ impl<'s> Search<'s> {
             consumed_counters: HashMap::new(),
             results: claims.iter().map(|_| Vec::new()).collect(),
             steps: 0,
-            distinct_per_request: false,
+            bugs: UpstreamBugs::default(),
+            capacity_rules: capacity::Rules::new(&snap.features),
         })
     }
 
@@ -415,7 +443,7 @@ impl<'s> Search<'s> {
         let f = self.snap.features;
         for (ci, claim) in self.claims.iter().enumerate() {
             let ckey = claim_key(Some(claim));
-            let spec = claim.spec.devices.as_ref();
+            let spec = claim.spec.as_ref().and_then(|s| s.devices.as_ref());
             let requests: &'s [DeviceRequest] = spec.and_then(|d| d.requests.as_deref()).unwrap_or_default();
             let mut min_total = 0usize;
             self.reqs.push(Vec::new());
@@ -427,14 +455,17 @@ impl<'s> Search<'s> {
                     request: req.name.clone(),
                     message: m.to_string(),
                 };
-                // Results are keyed by these names; the API server rejects a claim whose
-                // names are empty or repeated, so one that has them came from elsewhere.
-                if req.name.is_empty() || requests[..ri].iter().any(|r| r.name == req.name) {
-                    return Err(invalid("request names must be non-empty and unique within the claim"));
+                // Results are keyed by these names (`request/subrequest`); the API server
+                // rejects a claim whose names are empty, repeated or not DNS labels, so
+                // one that has them came from elsewhere.
+                let bad = |n: &str| n.is_empty() || n.contains('/');
+                if bad(&req.name) || requests[..ri].iter().any(|r| r.name == req.name) {
+                    return Err(invalid("request names must be non-empty, unique within the claim and without '/'"));
                 }
-                if subs.iter().enumerate().any(|(i, s)| s.name.is_empty() || subs[..i].iter().any(|t| t.name == s.name))
-                {
-                    return Err(invalid("subrequest names must be non-empty and unique within the request"));
+                if subs.iter().enumerate().any(|(i, s)| bad(&s.name) || subs[..i].iter().any(|t| t.name == s.name)) {
+                    return Err(invalid(
+                        "subrequest names must be non-empty, unique within the request and without '/'",
+                    ));
                 }
                 if !f.prioritized_list && has_subs {
                     return Err(invalid("has subrequests, but the DRAPrioritizedList feature is disabled"));
@@ -454,6 +485,7 @@ impl<'s> Search<'s> {
                     }
                 }
                 let mut slot = ReqSlot { alts: Vec::new(), has_subs, selected: 0 };
+                let min_devices;
                 if has_subs {
                     let mut min = usize::MAX;
                     for (si, sub) in subs.iter().enumerate() {
@@ -470,12 +502,13 @@ impl<'s> Search<'s> {
                                 admin: None,
                                 tolerations: sub.tolerations.as_deref().unwrap_or_default(),
                                 capacity: sub.capacity.as_ref(),
+                                derived: sub.derived_attributes.as_ref().is_some_and(|d| !d.is_empty()),
                             },
                         )?;
                         min = min.min(rd.num_devices);
                         slot.alts.push(rd);
                     }
-                    min_total += min;
+                    min_devices = min;
                 } else {
                     let Some(e) = &req.exactly else {
                         return Err(invalid("neither exactly nor firstAvailable is set (unsupported request type?)"));
@@ -493,16 +526,24 @@ impl<'s> Search<'s> {
                             admin: e.admin_access,
                             tolerations: e.tolerations.as_deref().unwrap_or_default(),
                             capacity: e.capacity.as_ref(),
+                            derived: e.derived_attributes.as_ref().is_some_and(|d| !d.is_empty()),
                         },
                     )?;
-                    min_total += rd.num_devices;
+                    min_devices = rd.num_devices;
                     slot.alts.push(rd);
                 }
+                // Checked per request, comparing rather than adding, like 1.37 (a huge
+                // count cannot wrap the sum).
+                if min_devices > MAX_RESULTS - min_total {
+                    return Err(AllocateError::TooManyDevices {
+                        claim: ckey,
+                        count: min_total.saturating_add(min_devices),
+                        limit: MAX_RESULTS,
+                    });
+                }
+                min_total += min_devices;
                 // Push now so that `validate` of the next request sees this one's data.
                 self.reqs[ci].push(slot);
-            }
-            if min_total > MAX_RESULTS {
-                return Err(AllocateError::TooManyDevices { claim: ckey, count: min_total, limit: MAX_RESULTS });
             }
             let mut cs = Vec::new();
             for (i, c) in spec.and_then(|d| d.constraints.as_ref()).into_iter().flatten().enumerate() {
@@ -514,7 +555,7 @@ impl<'s> Search<'s> {
                         scope,
                         attribute: self.snap.interner.name(a),
                         values: Vec::new(),
-                        per_request: self.distinct_per_request,
+                        per_request: self.bugs.distinct_per_request,
                     });
                 } else {
                     return Err(AllocateError::EmptyConstraint { claim: ckey, index: i });
@@ -537,6 +578,11 @@ impl<'s> Search<'s> {
             request: raw.name.to_string(),
             message: m,
         };
+        if raw.derived {
+            return Err(invalid(
+                "has derived attributes, but the DRADerivedAttributes feature (alpha) is not supported".into(),
+            ));
+        }
         for (i, s) in raw.selectors.iter().enumerate() {
             if s.cel.is_none() {
                 return Err(invalid(format!("selector #{i}: CEL expression empty (unsupported selector type?)")));
@@ -598,7 +644,7 @@ impl<'s> Search<'s> {
                             if !self.selectable_with(&rd, (ci, ri, si), sl, d, g)? {
                                 continue;
                             }
-                            if f.consumable_capacity && !self.capacity_fits(&rd, sl, d, g) {
+                            if f.consumable_capacity && !self.all_mode_capacity_fits(&rd, ci, sl, d, g)? {
                                 continue;
                             }
                             rd.all_devices.push((p, sl, d));
@@ -711,22 +757,53 @@ impl<'s> Search<'s> {
         Ok(true)
     }
 
-    fn capacity_fits(&self, rd: &ReqData<'_>, sl: usize, d: usize, g: usize) -> bool {
+    /// Whether what is left of the device's capacity holds the request.
+    fn capacity_fits(&self, rd: &ReqData<'_>, ci: usize, sl: usize, d: usize, g: usize) -> Result<bool, AllocateError> {
+        let id = &self.snap.slices[sl].ids[d];
         // Nothing requested and a device without request policies: its whole capacity
         // always fits, unless shares of it are in use.
-        if rd.capacity.is_none() && self.snap.slices[sl].plain_capacity[d] && self.allocating_capacity.is_empty() {
-            let id = &self.snap.slices[sl].ids[d];
-            if self.allocated.consumed_capacity(id).is_none() {
-                return true;
-            }
+        if rd.capacity.is_none()
+            && self.snap.slices[sl].plain_capacity[d]
+            && self.allocating_capacity.is_empty()
+            && self.allocated.consumed_capacity(id).is_none()
+        {
+            return Ok(true);
         }
-        let id = &self.snap.slices[sl].ids[d];
         capacity::fits(
             self.allocated.consumed_capacity(id),
             rd.capacity,
             self.device(sl, d),
             self.allocating_capacity.get(&g),
+            self.capacity_rules,
         )
+        .map_err(|message| self.capacity_error(rd, ci, sl, d, message))
+    }
+
+    /// Which devices `allocationMode: All` counts on: before 1.37 those whose capacity
+    /// left holds the request (a device shared out is left out of "all"); from 1.37
+    /// those whose whole capacity does (a device shared out then fails the request).
+    fn all_mode_capacity_fits(
+        &self,
+        rd: &ReqData<'_>,
+        ci: usize,
+        sl: usize,
+        d: usize,
+        g: usize,
+    ) -> Result<bool, AllocateError> {
+        if self.snap.features.release < Release::V1_37 {
+            return self.capacity_fits(rd, ci, sl, d, g);
+        }
+        capacity::fits(None, rd.capacity, self.device(sl, d), None, self.capacity_rules)
+            .map_err(|message| self.capacity_error(rd, ci, sl, d, message))
+    }
+
+    fn capacity_error(&self, rd: &ReqData<'_>, ci: usize, sl: usize, d: usize, message: String) -> AllocateError {
+        AllocateError::Capacity {
+            claim: claim_key(self.claims.get(ci).copied()),
+            request: rd.full_name(),
+            device: self.snap.slices[sl].ids[d].to_string(),
+            message,
+        }
     }
 
     fn allocate_one(&mut self, r: Pos, allocate_sub: bool, start: Loc) -> Result<bool, Halt> {
@@ -808,7 +885,7 @@ impl<'s> Search<'s> {
                     if !self.is_selectable(key, sl, d, g)? {
                         continue;
                     }
-                    if cc && !self.capacity_fits(self.req(r.claim, r.request, r.sub), sl, d, g) {
+                    if cc && !self.capacity_fits(self.req(r.claim, r.request, r.sub), r.claim, sl, d, g)? {
                         continue;
                     }
                     let Some(undo) = self.allocate_device(r, p, sl, d, false)? else { continue };
@@ -849,9 +926,15 @@ impl<'s> Search<'s> {
         if !f.partitionable_devices && consumes {
             return Ok(None);
         }
+        // A further share of a device in use must not charge its counters again. 1.37
+        // also sees the device in use when its shares recorded no consumed capacity.
         let id = &self.snap.slices[sl].ids[d];
-        let skip_counters =
-            multi && (self.allocated.consumed_capacity(id).is_some() || self.allocating_capacity.contains_key(&g));
+        let shared_before = if f.release >= Release::V1_37 {
+            self.allocated.is_shared(id)
+        } else {
+            self.allocated.consumed_capacity(id).is_some()
+        };
+        let skip_counters = multi && (shared_before || self.allocating_capacity.contains_key(&g));
         let mut undo = Undo {
             counters: None,
             constraints: 0,
@@ -893,12 +976,27 @@ impl<'s> Search<'s> {
         }
         let mut consumed = None;
         if f.consumable_capacity {
-            if !self.capacity_fits(self.req(r.claim, r.request, r.sub), sl, d, g) {
-                self.rollback(r, sl, d, undo);
-                return Ok(None);
+            match self.capacity_fits(self.req(r.claim, r.request, r.sub), r.claim, sl, d, g) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.rollback(r, sl, d, undo);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.rollback(r, sl, d, undo);
+                    return Err(Halt::Fatal(e));
+                }
             }
             if multi {
-                let c = capacity::consumed(self.req(r.claim, r.request, r.sub).capacity, device);
+                let rd = self.req(r.claim, r.request, r.sub);
+                let c = match capacity::consumed(rd.capacity, device, self.capacity_rules) {
+                    Ok(c) => c,
+                    Err(message) => {
+                        let e = self.capacity_error(rd, r.claim, sl, d, message);
+                        self.rollback(r, sl, d, undo);
+                        return Err(Halt::Fatal(e));
+                    }
+                };
                 undo.capacity_existed = self.allocating_capacity.contains_key(&g);
                 let e = self.allocating_capacity.entry(g).or_default();
                 for (k, v) in &c {
@@ -956,8 +1054,19 @@ impl<'s> Search<'s> {
         }
     }
 
-    fn available(&mut self, p: usize) -> &CounterSets {
-        if !self.available_counters.contains_key(&p) {
+    /// Which counters a device of pool `p` draws on: its pool's (`p`), or with
+    /// [`UpstreamBug::CountersByPoolName`] those of the first pool with its name.
+    fn counter_key(&self, p: usize) -> usize {
+        if !self.bugs.counters_by_pool_name {
+            return p;
+        }
+        self.pools.iter().position(|x| x.name == self.pools[p].name).unwrap_or(p)
+    }
+
+    /// Counters left in the pool behind `key` after what allocated devices consume,
+    /// computed from pool `p` the first time.
+    fn available(&mut self, key: usize, p: usize) -> &CounterSets {
+        if !self.available_counters.contains_key(&key) {
             let pool = &self.pools[p];
             let mut avail = pool.counters.clone();
             for &sl in pool.slices.iter().chain(pool.others.iter()) {
@@ -976,14 +1085,15 @@ impl<'s> Search<'s> {
                     }
                 }
             }
-            self.available_counters.insert(p, avail);
+            self.available_counters.insert(key, avail);
         }
-        &self.available_counters[&p]
+        &self.available_counters[&key]
     }
 
     fn reserve_counters(&mut self, p: usize, device: &Device) -> bool {
-        self.available(p);
-        let consumed = self.consumed_counters.entry(p).or_default();
+        let key = self.counter_key(p);
+        self.available(key, p);
+        let consumed = self.consumed_counters.entry(key).or_default();
         for c in device.consumes_counters.iter().flatten() {
             let set = consumed.entry(c.counter_set.clone()).or_default();
             for (name, v) in &c.counters {
@@ -991,8 +1101,8 @@ impl<'s> Search<'s> {
                 *x = x.plus(Nanos::of(&v.value).unwrap_or_default());
             }
         }
-        let avail = &self.available_counters[&p];
-        let consumed = &self.consumed_counters[&p];
+        let avail = &self.available_counters[&key];
+        let consumed = &self.consumed_counters[&key];
         let over = avail.iter().any(|(set, counters)| {
             counters
                 .iter()
@@ -1006,7 +1116,8 @@ impl<'s> Search<'s> {
     }
 
     fn release_counters(&mut self, p: usize, device: &Device) {
-        let Some(consumed) = self.consumed_counters.get_mut(&p) else { return };
+        let key = self.counter_key(p);
+        let Some(consumed) = self.consumed_counters.get_mut(&key) else { return };
         for c in device.consumes_counters.iter().flatten() {
             let Some(set) = consumed.get_mut(&c.counter_set) else { continue };
             for (name, v) in &c.counters {
@@ -1037,6 +1148,10 @@ impl<'s> Search<'s> {
                     admin_access: r.admin.then_some(true),
                     tolerations: rd.map(|rd| rd.tolerations.to_vec()).filter(|t| !t.is_empty()),
                     share_id: r.share.then(|| share_id(claim, i, &id.to_string())),
+                    // Only upstream's experimental allocator (DRAOptionalNodeOperations,
+                    // 1.37 alpha, off by default) copies the slice's skipNodeOperations;
+                    // the incubating one leaves it unset.
+                    skip_node_operations: None,
                     consumed_capacity: r
                         .consumed
                         .as_ref()
@@ -1067,8 +1182,11 @@ impl<'s> Search<'s> {
         out
     }
 
-    /// Class configs once per class (FromClass), then claim configs (FromClaim).
+    /// Class configs once per class (FromClass), then claim configs (FromClaim). Before
+    /// 1.37 a claim config is repeated once per request it names; from 1.37 it comes
+    /// once, and a config naming every request has its list cleared ("all").
     fn configs(&self, ci: usize, claim: &ResourceClaim) -> Vec<DeviceAllocationConfiguration> {
+        let from_1_37 = self.snap.features.release >= Release::V1_37;
         let mut out: Vec<DeviceAllocationConfiguration> = Vec::new();
         let mut ranges: HashMap<&str, (usize, usize)> = HashMap::new();
         for slot in &self.reqs[ci] {
@@ -1080,7 +1198,7 @@ impl<'s> Search<'s> {
                 continue;
             }
             let start = out.len();
-            for c in rd.class.class.spec.config.iter().flatten() {
+            for c in rd.class.class.spec.iter().flat_map(|s| s.config.iter().flatten()) {
                 out.push(DeviceAllocationConfiguration {
                     source: "FromClass".into(),
                     requests: Some(vec![rd.full_name()]),
@@ -1089,8 +1207,20 @@ impl<'s> Search<'s> {
             }
             ranges.insert(rd.class_name, (start, out.len()));
         }
-        let requests = claim.spec.devices.as_ref().and_then(|d| d.requests.as_deref()).unwrap_or_default();
-        for c in claim.spec.devices.as_ref().and_then(|d| d.config.as_ref()).into_iter().flatten() {
+        let requests = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.devices.as_ref())
+            .and_then(|d| d.requests.as_deref())
+            .unwrap_or_default();
+        // Named in `names`, by its own name or its chosen subrequest's.
+        let named = |names: &[String], ri: usize, req: &DeviceRequest| {
+            let slot = &self.reqs[ci][ri];
+            names.contains(&req.name) || (slot.has_subs && names.contains(&slot.alts[slot.selected].full_name()))
+        };
+        for c in
+            claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.config.as_ref()).into_iter().flatten()
+        {
             let names = c.requests.as_deref().unwrap_or_default();
             if names.is_empty() {
                 out.push(DeviceAllocationConfiguration {
@@ -1100,20 +1230,21 @@ impl<'s> Search<'s> {
                 });
                 continue;
             }
-            // Upstream appends the config once per matching request.
-            for (ri, req) in requests.iter().enumerate() {
-                let applies = if names.contains(&req.name) {
-                    true
-                } else {
-                    let slot = &self.reqs[ci][ri];
-                    slot.has_subs && names.contains(&slot.alts[slot.selected].full_name())
-                };
-                if applies {
-                    out.push(DeviceAllocationConfiguration {
-                        source: "FromClaim".into(),
-                        requests: c.requests.clone(),
-                        opaque: c.opaque.clone(),
-                    });
+            let matching = requests.iter().enumerate().filter(|&(ri, req)| named(names, ri, req)).count();
+            let copies = if from_1_37 { matching.min(1) } else { matching };
+            for _ in 0..copies {
+                out.push(DeviceAllocationConfiguration {
+                    source: "FromClaim".into(),
+                    requests: c.requests.clone(),
+                    opaque: c.opaque.clone(),
+                });
+            }
+        }
+        if from_1_37 {
+            for c in &mut out {
+                let names = c.requests.as_deref().unwrap_or_default();
+                if !names.is_empty() && requests.iter().enumerate().all(|(ri, req)| named(names, ri, req)) {
+                    c.requests = None;
                 }
             }
         }
@@ -1170,6 +1301,8 @@ struct RawReq<'s> {
     admin: Option<bool>,
     tolerations: &'s [DeviceToleration],
     capacity: Option<&'s CapacityRequirements>,
+    /// Has `derivedAttributes` (DRADerivedAttributes, 1.37 alpha).
+    derived: bool,
 }
 
 fn add_requirements(from: &[NodeSelectorRequirement], to: &mut Option<Vec<NodeSelectorRequirement>>) {

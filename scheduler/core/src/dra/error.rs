@@ -88,6 +88,20 @@ pub enum AllocateError {
         /// The limit (32).
         limit: usize,
     },
+    /// A capacity request cannot be checked against a device at all (1.37): it
+    /// cannot be represented in the device's range arithmetic, or the capacity it
+    /// would consume is negative.
+    #[error("claim {claim}, request {request}: checking capacity for device {device}: {message}")]
+    Capacity {
+        /// `namespace/name` of the claim.
+        claim: String,
+        /// Request (or `request/subrequest`).
+        request: String,
+        /// `driver/pool/device`.
+        device: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// `allocationMode: All` found a device that breaks a claim constraint.
     #[error(
         "claim {claim}, request {request}: cannot add device {device} because a claim constraint would not be satisfied"

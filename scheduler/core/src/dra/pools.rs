@@ -57,9 +57,14 @@ pub(crate) fn gather(snap: &DraSnapshot, node: &Node) -> Result<Vec<Pool>, Alloc
         if !f.partitionable_devices && (spec.per_device_node_selection.is_some() || e.has_counters()) {
             continue;
         }
+        // Without DRADeviceCompatibilityGroups nothing can check which devices may be
+        // allocated together, so such a slice is left out and its pool is incomplete.
+        if e.uses_compatibility_groups() {
+            continue;
+        }
         let node_name = spec.node_name.as_deref().unwrap_or("");
         let all = spec.all_nodes.unwrap_or(false);
-        let relevant = if e.has_counters() {
+        let relevant = if e.has_counters() && f.counter_slices_on_every_node() {
             true
         } else if !node_name.is_empty() || all || spec.node_selector.is_some() {
             node_matches(node, Some(node_name), all, spec.node_selector.as_ref())
@@ -115,7 +120,10 @@ pub(crate) fn gather(snap: &DraSnapshot, node: &Node) -> Result<Vec<Pool>, Alloc
             let same: Vec<usize> = all
                 .iter()
                 .copied()
-                .filter(|&j| snap.slices[j].slice.spec.pool.generation == first.generation)
+                .filter(|&j| {
+                    snap.slices[j].slice.spec.pool.generation == first.generation
+                        && !snap.slices[j].uses_compatibility_groups()
+                })
                 .collect();
             if same.len() as i64 != first.resource_slice_count {
                 let mut p = Pool::marker(&key.0, &key.1);
@@ -158,7 +166,20 @@ fn build(snap: &DraSnapshot, key: &(String, String), group: &[usize], all: Optio
         pool.slices = device_slices;
         return pool;
     }
-    for &i in &counter_slices {
+    // Slices of the pool that do not apply to the node: their devices consume the
+    // pool's counters too; a counter slice among them (1.37 applies node selection to
+    // counter slices) still defines counters for the node's devices.
+    let (other_counters, others): (Vec<usize>, Vec<usize>) = match all.filter(|a| a.len() != group.len()) {
+        Some(all) => {
+            let mine: HashSet<&str> = group.iter().map(|&i| snap.slices[i].name.as_str()).collect();
+            all.iter()
+                .copied()
+                .filter(|&j| !mine.contains(snap.slices[j].name.as_str()))
+                .partition(|&j| snap.slices[j].has_counters())
+        }
+        None => (vec![], vec![]),
+    };
+    for &i in counter_slices.iter().chain(&other_counters) {
         for cs in snap.slices[i].slice.spec.shared_counters.iter().flatten() {
             if pool.counters.contains_key(&cs.name) {
                 pool.invalid = Some(format!("duplicate counter set name {}", cs.name));
@@ -170,24 +191,18 @@ fn build(snap: &DraSnapshot, key: &(String, String), group: &[usize], all: Optio
             pool.counters.insert(cs.name.clone(), counters);
         }
     }
-    if let Err(m) = check_consumption(snap, &pool.counters, &sorted) {
+    if let Err(m) = check_consumption(snap, &pool.counters, &device_slices) {
+        pool.invalid = Some(m);
+        pool.binding_conditions = false;
+        return pool;
+    }
+    if let Err(m) = check_consumption(snap, &pool.counters, &others) {
         pool.invalid = Some(m);
         pool.binding_conditions = false;
         return pool;
     }
     pool.slices = device_slices;
-    if let Some(all) = all.filter(|a| a.len() != group.len()) {
-        let mine: HashSet<&str> = group.iter().map(|&i| snap.slices[i].name.as_str()).collect();
-        let others: Vec<usize> =
-            all.iter().copied().filter(|&j| !mine.contains(snap.slices[j].name.as_str())).collect();
-        if let Err(m) = check_consumption(snap, &pool.counters, &others) {
-            pool.invalid = Some(m);
-            pool.slices = vec![];
-            pool.binding_conditions = false;
-            return pool;
-        }
-        pool.others = others;
-    }
+    pool.others = others;
     pool
 }
 

@@ -14,6 +14,7 @@ use super::error::AllocateError;
 use super::features::Features;
 use super::hash::FastMap;
 use super::pools::Pool;
+use super::quantity::Nanos;
 use super::state::DeviceId;
 
 /// A compiled selector or why it cannot be used.
@@ -37,7 +38,7 @@ pub(crate) struct SliceEntry {
     pub ids: Vec<DeviceId>,
     /// Per device: attributes interned for constraints.
     pub attrs: Vec<CompactAttrs>,
-    /// Per device: no capacity has a request policy.
+    /// Per device: no capacity has a request policy or a negative value.
     pub plain_capacity: Vec<bool>,
     pub values: Vec<OnceLock<Result<DeviceValue, String>>>,
 }
@@ -52,6 +53,13 @@ impl SliceEntry {
     pub fn per_device(&self) -> bool {
         self.slice.spec.per_device_node_selection == Some(true)
     }
+    /// Some device declares compatibility groups on a counter consumption
+    /// (DRADeviceCompatibilityGroups, 1.37 alpha).
+    pub fn uses_compatibility_groups(&self) -> bool {
+        self.devices().iter().any(|d| {
+            d.consumes_counters.iter().flatten().any(|c| c.compatibility_groups.as_ref().is_some_and(|g| !g.is_empty()))
+        })
+    }
 }
 
 /// DeviceClasses and ResourceSlices, indexed for allocation.
@@ -60,7 +68,8 @@ pub struct DraSnapshot {
     pub(crate) cel: &'static CelEnv,
     pub(crate) classes: FastMap<String, ClassEntry>,
     pub(crate) slices: Vec<SliceEntry>,
-    /// Slices with a nodeName and no shared counters, by node.
+    /// Slices with a nodeName, by node; without shared counters where those apply to
+    /// every node ([`Features::counter_slices_on_every_node`]).
     pub(crate) on_node: FastMap<String, Vec<usize>>,
     /// All other slices (node selectors, allNodes, per-device selection, counters).
     pub(crate) shared: Vec<usize>,
@@ -111,13 +120,17 @@ impl DraSnapshot {
                 attrs: devs.iter().map(|d| interner.device(d, &spec.driver)).collect(),
                 plain_capacity: devs
                     .iter()
-                    .map(|d| d.capacity.iter().flatten().all(|(_, c)| c.request_policy.is_none()))
+                    .map(|d| {
+                        d.capacity.iter().flatten().all(|(_, c)| {
+                            c.request_policy.is_none() && Nanos::of(&c.value).is_none_or(|v| v >= Nanos::ZERO)
+                        })
+                    })
                     .collect(),
                 values: devs.iter().map(|_| OnceLock::new()).collect(),
             };
             next += devs.len();
             let node_name = spec.node_name.as_deref().unwrap_or("");
-            if node_name.is_empty() || entry.has_counters() {
+            if node_name.is_empty() || (entry.has_counters() && features.counter_slices_on_every_node()) {
                 shared.push(i);
             } else {
                 on_node.entry(node_name.to_string()).or_default().push(i);
@@ -141,9 +154,8 @@ impl DraSnapshot {
             let name = c.metadata.name.clone().unwrap_or_default();
             let selectors = c
                 .spec
-                .selectors
                 .iter()
-                .flatten()
+                .flat_map(|s| s.selectors.iter().flatten())
                 .map(|s| {
                     s.cel.as_ref().map(|cel_sel| {
                         compiled

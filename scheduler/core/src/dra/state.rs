@@ -42,6 +42,9 @@ struct SharedUse {
     capacity_entries: u32,
     /// Sum of consumed capacity per capacity name.
     capacity: BTreeMap<String, Nanos>,
+    /// Number of results that reported each capacity name, so that `remove` drops a
+    /// name exactly when the last result naming it goes.
+    capacity_names: BTreeMap<String, u32>,
 }
 
 /// Devices in use, capacity consumed by shared devices. Built from every allocated
@@ -88,6 +91,7 @@ impl AllocatedState {
                         for (k, q) in cc {
                             let v = u.capacity.entry(k.clone()).or_default();
                             *v = v.plus(Nanos::of(q).unwrap_or_default());
+                            *u.capacity_names.entry(k.clone()).or_default() += 1;
                         }
                     }
                 }
@@ -118,9 +122,17 @@ impl AllocatedState {
                             if let Some(v) = u.capacity.get_mut(k) {
                                 *v = v.minus(Nanos::of(q).unwrap_or_default());
                             }
+                            if let Some(n) = u.capacity_names.get_mut(k) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    u.capacity_names.remove(k);
+                                    u.capacity.remove(k);
+                                }
+                            }
                         }
                         if u.capacity_entries == 0 {
                             u.capacity.clear();
+                            u.capacity_names.clear();
                         }
                     }
                     if u.shares.is_empty() && u.capacity_entries == 0 {
@@ -148,6 +160,12 @@ impl AllocatedState {
     /// `IsDeviceAllocated`, used for counter accounting).
     pub fn is_in_use(&self, id: &DeviceId) -> bool {
         self.is_allocated(id) || (!self.shared.is_empty() && self.shared.contains_key(id))
+    }
+
+    /// True if some claim holds a share of the device (upstream's
+    /// `AllocatedSharedDeviceIDs`), with or without consumed capacity.
+    pub fn is_shared(&self, id: &DeviceId) -> bool {
+        !self.shared.is_empty() && self.shared.contains_key(id)
     }
 
     /// Capacity consumed on a shared device, if any share reported consumed capacity.

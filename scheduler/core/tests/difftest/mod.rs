@@ -1,6 +1,6 @@
-//! Differential testing against the upstream allocator: generate scenarios, run the
-//! Go program under `hack/difftest` once over the whole batch (JSON lines in, JSON
-//! lines out), run ours, compare.
+//! Differential testing against the upstream allocator of one Kubernetes release:
+//! generate scenarios for it, run the Go program under `hack/difftest/<release>` once
+//! over the whole batch (JSON lines in, JSON lines out), run ours, compare.
 
 #![allow(dead_code)]
 
@@ -14,12 +14,16 @@ use std::process::{Command, Stdio};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{AllocationResult, DeviceClass, ResourceClaim, ResourceSlice};
 use phalanx_scheduler_core::dra::quantity::Nanos;
-use phalanx_scheduler_core::dra::{AllocateError, AllocatedState, Allocator, DraSnapshot, Features};
+use phalanx_scheduler_core::dra::{
+    AllocateError, AllocatedState, Allocator, DraSnapshot, Features, Release, UpstreamBug,
+};
 use serde_json::Value;
 
 /// Counts of one run.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The Kubernetes release compared with.
+    pub release: Release,
     /// Scenarios run.
     pub total: usize,
     /// Same verdict (feasible / infeasible / error).
@@ -46,6 +50,7 @@ pub struct Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "upstream: Kubernetes {} ({})", self.release, upstream_module(self.release))?;
         writeln!(f, "scenarios: {}", self.total)?;
         writeln!(
             f,
@@ -76,35 +81,53 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
-/// Builds the Go runner into the target dir unless it is there and newer than its sources.
-pub fn upstream_binary() -> PathBuf {
-    let root = workspace();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("difftest").join("dra-upstream");
-    let src = root.join("hack/difftest");
-    let newest_src = ["main.go", "go.mod", "go.sum"]
+/// Kubernetes 1.37's modules need Go 1.27; the go command fetches this toolchain.
+const GO_TOOLCHAIN: &str = "go1.27.3";
+
+/// The upstream module version each release's runner pins (its go.mod).
+pub fn upstream_module(release: Release) -> &'static str {
+    match release {
+        Release::V1_36 => "k8s.io/dynamic-resource-allocation v0.36.3",
+        Release::V1_37 => "k8s.io/dynamic-resource-allocation v0.37.2",
+    }
+}
+
+/// Where the runner of `release` is built (disagreements are written next to it).
+pub fn upstream_binary_path(release: Release) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("difftest").join(format!("dra-upstream-{release}"))
+}
+
+/// Builds the Go runner of `release` into the target dir unless it is there and newer
+/// than its sources (its own module and the shared runner package).
+pub fn upstream_binary(release: Release) -> PathBuf {
+    let root = workspace().join("hack/difftest");
+    let bin = upstream_binary_path(release);
+    let module = root.join(release.to_string());
+    let sources = ["main.go", "go.mod", "go.sum"]
         .iter()
-        .filter_map(|f| std::fs::metadata(src.join(f)).and_then(|m| m.modified()).ok())
-        .max();
+        .map(|f| module.join(f))
+        .chain(["runner.go", "go.mod"].iter().map(|f| root.join("runner").join(f)));
+    let newest_src = sources.filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).max();
     let fresh = std::fs::metadata(&bin).and_then(|m| m.modified()).ok().zip(newest_src).is_some_and(|(b, s)| b >= s);
     if !fresh {
         let status = Command::new("go")
             .args(["build", "-o"])
             .arg(&bin)
             .arg(".")
-            .current_dir(&src)
-            .env("GOTOOLCHAIN", "local")
+            .current_dir(&module)
+            .env("GOTOOLCHAIN", GO_TOOLCHAIN)
             .env("CGO_ENABLED", "0")
             .status()
             .expect("run `go build` for hack/difftest (is Go installed?)");
-        assert!(status.success(), "go build of hack/difftest failed");
+        assert!(status.success(), "go build of hack/difftest/{release} failed");
     }
     bin
 }
 
-/// Runs the upstream allocator over the scenarios, one process for the batch.
-pub fn run_upstream(scenarios: &[Value]) -> Vec<Value> {
-    let mut child = Command::new(upstream_binary())
+/// Runs the upstream allocator of `release` over the scenarios, one process for the batch.
+pub fn run_upstream(release: Release, scenarios: &[Value]) -> Vec<Value> {
+    let mut child = Command::new(upstream_binary(release))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -243,9 +266,29 @@ fn devices_of(results: &Value) -> Vec<Vec<String>> {
         .unwrap_or_default()
 }
 
-/// Known upstream bugs we deliberately do not copy: if ours with the bug reproduced
-/// gives upstream's answer, the disagreement is that bug.
+/// Bugs of a release that we deliberately do not copy, each with what explains it.
+/// 1.37 fixed both of 1.36's, so its run has none to fall back on.
+fn known_bugs(release: Release) -> &'static [(UpstreamBug, &'static str)] {
+    match release {
+        Release::V1_36 => &[
+            (
+                UpstreamBug::DistinctPerRequest,
+                "kubernetes/kubernetes#140438: distinctAttribute remembers one value per request name, so a request's later device may repeat an earlier one (fixed in v0.37)",
+            ),
+            (
+                UpstreamBug::CountersByPoolName,
+                "v0.36 keys available and consumed counters by pool name, so same-named pools of two drivers share counters (fixed in v0.37: keyed by driver and pool)",
+            ),
+        ],
+        Release::V1_37 => &[],
+    }
+}
+
+/// If ours with one of the release's known bugs reproduced gives upstream's answer
+/// (verdict, and for feasible ones the results field by field), the disagreement is
+/// that bug.
 fn known_upstream_bug(
+    release: Release,
     snap: &DraSnapshot,
     claims: &[ResourceClaim],
     state: &AllocatedState,
@@ -253,28 +296,29 @@ fn known_upstream_bug(
     up: &Value,
 ) -> Option<&'static str> {
     let refs: Vec<&ResourceClaim> = claims.iter().collect();
-    let with_bug = Allocator::new(snap).with_upstream_distinct_bug().allocate(node, &refs, state);
     let up_err = up["error"].as_str().unwrap_or("");
-    let same = match &with_bug {
-        Err(_) => !up_err.is_empty(),
-        Ok(None) => up_err.is_empty() && up["results"].is_null(),
-        Ok(Some(r)) => {
-            up_err.is_empty()
-                && devices_of(&normalize(&serde_json::to_value(r).ok()?)) == devices_of(&normalize(&up["results"]))
-        }
-    };
-    same.then_some("kubernetes/kubernetes#140438: distinctAttribute remembers one value per request name, so a request's later device may repeat an earlier one (fixed upstream by #140600, after v0.36.3)")
+    known_bugs(release).iter().find_map(|&(bug, what)| {
+        let with_bug = Allocator::new(snap).with_upstream_bug(bug).allocate(node, &refs, state);
+        let same = match &with_bug {
+            Err(_) => !up_err.is_empty(),
+            Ok(None) => up_err.is_empty() && up["results"].is_null(),
+            Ok(Some(r)) => {
+                up_err.is_empty() && serde_json::to_value(r).is_ok_and(|r| normalize(&r) == normalize(&up["results"]))
+            }
+        };
+        same.then_some(what)
+    })
 }
 
-/// Generates `n` scenarios from `seed`, runs both allocators, compares.
-pub fn run(n: u64, seed: u64) -> Report {
-    let mut report = Report::default();
+/// Generates `n` scenarios for `release` from `seed`, runs both allocators, compares.
+pub fn run(release: Release, n: u64, seed: u64) -> Report {
+    let mut report = Report { release, ..Report::default() };
     let chunk = 5000u64;
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
-        let scenarios: Vec<Value> = (start..end).map(|i| scenarios::scenario(seed, i)).collect();
-        let upstream = run_upstream(&scenarios);
+        let scenarios: Vec<Value> = (start..end).map(|i| scenarios::scenario_for(release, seed, i)).collect();
+        let upstream = run_upstream(release, &scenarios);
         for (s, up) in scenarios.iter().zip(&upstream) {
             compare(s, up, &mut report);
         }
@@ -297,7 +341,8 @@ fn recheck_stable(scenarios: &[Value], report: &mut Report) {
             continue;
         };
         let ours = verdict(&run_ours(s).0);
-        let matched = (0..10).any(|_| run_upstream(&vec![s.clone(); 30]).iter().any(|up| upstream_verdict(up) == ours));
+        let matched = (0..10)
+            .any(|_| run_upstream(report.release, &vec![s.clone(); 30]).iter().any(|up| upstream_verdict(up) == ours));
         if matched {
             report.stable_order_dependent += 1;
             report.verdict_agree += 1;
@@ -341,7 +386,7 @@ fn compare(s: &Value, up: &Value, report: &mut Report) {
         return;
     }
     if our_verdict != up_verdict {
-        if let Some(bug) = known_upstream_bug(&snap, &claims, &state, &node, up) {
+        if let Some(bug) = known_upstream_bug(report.release, &snap, &claims, &state, &node, up) {
             *report.known_upstream.entry(bug.to_string()).or_default() += 1;
             return;
         }
@@ -375,7 +420,7 @@ fn compare(s: &Value, up: &Value, report: &mut Report) {
         report.devices_agree += 1;
         return;
     }
-    if let Some(bug) = known_upstream_bug(&snap, &claims, &state, &node, up) {
+    if let Some(bug) = known_upstream_bug(report.release, &snap, &claims, &state, &node, up) {
         *report.known_upstream.entry(bug.to_string()).or_default() += 1;
         return;
     }

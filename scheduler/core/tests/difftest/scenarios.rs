@@ -1,12 +1,28 @@
 //! Seeded scenario generator: small clusters around one node that exercise every
 //! allocator feature, as JSON accepted by both the Go runner and our types.
+//!
+//! Scenarios for 1.37 also use what only its API has (compatibility groups, derived
+//! attributes, skipNodeOperations), the DRAFractionalCapacityRange gate, and values
+//! that 1.37's capacity arithmetic rejects (beyond int64, not whole milli-units,
+//! negative); 1.36 scenarios leave those out, as a 1.36 API server would drop the
+//! fields and 1.36's arithmetic on such values is not worth copying.
 
+use phalanx_scheduler_core::dra::{Features, Release};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 const GPU: &str = "gpu.example.com";
 const NIC: &str = "nic.example.com";
+
+/// A device that earlier claims may hold.
+struct Dev {
+    driver: &'static str,
+    pool: String,
+    name: String,
+    /// allowMultipleAllocations: held as shares.
+    multi: bool,
+}
 
 fn pick<'a, T>(r: &mut StdRng, xs: &'a [T]) -> &'a T {
     &xs[r.random_range(0..xs.len())]
@@ -20,25 +36,47 @@ fn chance(r: &mut StdRng, p: f64) -> bool {
     r.random_bool(p)
 }
 
-/// Scenario `index` of the run seeded with `seed`.
+/// Scenario `index` of the newest release's run seeded with `seed`.
 pub fn scenario(seed: u64, index: u64) -> Value {
+    scenario_for(Release::default(), seed, index)
+}
+
+/// What a scenario may use beyond what every release has.
+#[derive(Clone, Copy)]
+struct Gen {
+    /// 1.37: its API fields and the values its capacity arithmetic rejects.
+    v1_37: bool,
+}
+
+/// Scenario `index` of the run for `release` seeded with `seed`.
+pub fn scenario_for(release: Release, seed: u64, index: u64) -> Value {
     let mut r = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
     let r = &mut r;
+    let g = Gen { v1_37: release >= Release::V1_37 };
     let features = if chance(r, 0.75) {
-        json!({"adminAccess": true, "consumableCapacity": true, "deviceBindingAndStatus": true, "deviceTaints": true,
-               "listTypeAttributes": false, "partitionableDevices": true, "prioritizedList": true})
+        Features::defaults(release)
     } else {
-        json!({"adminAccess": chance(r, 0.7), "consumableCapacity": chance(r, 0.5), "deviceBindingAndStatus": chance(r, 0.5),
-               "deviceTaints": chance(r, 0.7), "listTypeAttributes": false, "partitionableDevices": chance(r, 0.7),
-               "prioritizedList": chance(r, 0.8)})
+        let consumable_capacity = chance(r, 0.5);
+        Features {
+            release,
+            admin_access: chance(r, 0.7),
+            consumable_capacity,
+            device_binding_and_status: chance(r, 0.5),
+            device_taints: chance(r, 0.7),
+            // The gate depends on DRAConsumableCapacity.
+            fractional_capacity_range: g.v1_37 && consumable_capacity && chance(r, 0.7),
+            list_type_attributes: false,
+            partitionable_devices: chance(r, 0.7),
+            prioritized_list: chance(r, 0.8),
+        }
     };
     let zone = *pick(r, &["z1", "z2"]);
     let node = json!({"metadata": {"name": "n1", "labels": {"zone": zone, "rack": "r1", "gpus": "8"}}});
     let mut slices = Vec::new();
-    let mut devices: Vec<(String, String, String)> = Vec::new();
-    gpu_pool(r, "n1", &mut slices, &mut devices);
+    let mut devices: Vec<Dev> = Vec::new();
+    gpu_pool(r, g, "n1", &mut slices, &mut devices);
     if chance(r, 0.3) {
-        gpu_pool(r, "n2", &mut slices, &mut Vec::new());
+        gpu_pool(r, g, "n2", &mut slices, &mut Vec::new());
     }
     if chance(r, 0.5) {
         nic_pool(r, &mut slices, &mut devices);
@@ -49,7 +87,7 @@ pub fn scenario(seed: u64, index: u64) -> Value {
     let classes = classes(r);
     let allocated = allocated(r, &devices);
     let n_claims = *pick(r, &[1, 1, 1, 1, 2, 2, 2, 3]);
-    let claims: Vec<Value> = (0..n_claims).map(|i| claim(r, i)).collect();
+    let claims: Vec<Value> = (0..n_claims).map(|i| claim(r, g, i)).collect();
     json!({"id": format!("{seed}-{index}"), "features": features, "classes": classes, "slices": slices,
            "claims": claims, "allocated": allocated, "node": node})
 }
@@ -72,7 +110,7 @@ fn gpu_attrs(r: &mut StdRng, i: usize) -> Value {
     a
 }
 
-fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut Vec<(String, String, String)>) {
+fn gpu_pool(r: &mut StdRng, g: Gen, node: &str, slices: &mut Vec<Value>, devices: &mut Vec<Dev>) {
     let n_slices = if chance(r, 0.7) { 1 } else { 2 };
     let generation = r.random_range(1..=2);
     let mut count = n_slices;
@@ -82,6 +120,10 @@ fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut V
     let counters = chance(r, 0.25);
     let multi = chance(r, 0.2);
     let duplicate = chance(r, 0.03);
+    // 1.37 rejects a negative capacity instead of counting it.
+    let negative = g.v1_37 && chance(r, 0.03);
+    // DRADeviceCompatibilityGroups is off: a slice with them is ignored.
+    let compatibility_groups = g.v1_37 && counters && chance(r, 0.1);
     let mut k = 0usize;
     for s in 0..n_slices {
         let n = r.random_range(2..=6);
@@ -97,6 +139,19 @@ fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut V
                 } else {
                     json!({"default": "20Gi", "validValues": ["20Gi", "40Gi", "80Gi"]})
                 }});
+                if chance(r, 0.7) {
+                    // Fractional range: milli-unit rounding with DRAFractionalCapacityRange,
+                    // whole units without.
+                    d["capacity"]["cores"] = json!({"value": "4", "requestPolicy": {"default": "500m",
+                        "validRange": {"min": pick(r, &["250m", "500m", "1"]), "max": "4", "step": pick(r, &["250m", "500m", "1"])}}});
+                }
+                if chance(r, 0.2) {
+                    // Shared without capacity: its shares record no consumed capacity.
+                    d.as_object_mut().unwrap().remove("capacity");
+                }
+            }
+            if negative && k == 0 {
+                d["capacity"]["scratch"] = json!({"value": "-1"});
             }
             if chance(r, 0.12) {
                 d["taints"] = json!([{"key": pick(r, &["k1", "k2"]), "value": pick(r, &["", "v"]),
@@ -112,13 +167,26 @@ fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut V
             if counters {
                 d["consumesCounters"] =
                     json!([{"counterSet": "mem", "counters": {"slices": {"value": pick(r, &["1", "2", "4"])}}}]);
+                if compatibility_groups && k == 1 {
+                    d["consumesCounters"][0]["compatibilityGroups"] = json!(["g1"]);
+                }
             }
-            devices.push((GPU.into(), node.into(), d["name"].as_str().unwrap().to_string()));
+            devices.push(Dev {
+                driver: GPU,
+                pool: node.into(),
+                name: d["name"].as_str().unwrap().to_string(),
+                multi: d["allowMultipleAllocations"] == json!(true),
+            });
             devs.push(d);
             k += 1;
         }
-        slices.push(json!({"metadata": {"name": format!("{node}-gpu-{s}")}, "spec": {"driver": GPU, "nodeName": node,
-            "pool": {"name": node, "generation": generation, "resourceSliceCount": count + usize::from(counters)}, "devices": devs}}));
+        let mut slice = json!({"metadata": {"name": format!("{node}-gpu-{s}")}, "spec": {"driver": GPU, "nodeName": node,
+            "pool": {"name": node, "generation": generation, "resourceSliceCount": count + usize::from(counters)}, "devices": devs}});
+        if g.v1_37 && chance(r, 0.1) {
+            // DRAOptionalNodeOperations is off: allocated as usual, not copied to results.
+            slice["spec"]["skipNodeOperations"] = json!([pick(r, &["NodePrepareResources", "*"])]);
+        }
+        slices.push(slice);
     }
     if counters {
         let total = pick(r, &["4", "6", "8"]);
@@ -127,6 +195,21 @@ fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut V
             "sharedCounters": [{"name": "mem", "counters": {"slices": {"value": total}}}]}});
         if chance(r, 0.05) {
             cs["spec"]["sharedCounters"][0]["name"] = json!("other");
+        }
+        // Counter slices apply to every node before 1.37; from 1.37 by their node
+        // selection, and a pool whose counters do not apply to the node is looked up
+        // whole.
+        match r.random_range(0..8) {
+            0 => {
+                cs["spec"].as_object_mut().unwrap().remove("nodeName");
+                cs["spec"]["allNodes"] = json!(true);
+            }
+            1 => {
+                cs["spec"].as_object_mut().unwrap().remove("nodeName");
+                cs["spec"]["nodeSelector"] = json!({"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": [pick(r, &["z1", "z2"])]}]}]});
+            }
+            2 => cs["spec"]["nodeName"] = json!("n3"),
+            _ => {}
         }
         slices.push(cs);
     }
@@ -138,20 +221,32 @@ fn gpu_pool(r: &mut StdRng, node: &str, slices: &mut Vec<Value>, devices: &mut V
     }
 }
 
-fn nic_pool(r: &mut StdRng, slices: &mut Vec<Value>, devices: &mut Vec<(String, String, String)>) {
+fn nic_pool(r: &mut StdRng, slices: &mut Vec<Value>, devices: &mut Vec<Dev>) {
     let n = r.random_range(1..=4);
+    // Counters with the same set and pool name as the GPU pool's: 1.36 mixes them up.
+    let counters = chance(r, 0.3);
     let devs: Vec<Value> = (0..n)
         .map(|i| {
-            devices.push((NIC.into(), "n1".into(), format!("nic-{i}")));
-            json!({"name": format!("nic-{i}"), "attributes": {"resource.kubernetes.io/pcieRoot": {"string": format!("pci{}", i * 2 / n.max(1))},
-                "numa": {"int": i % 2}}})
+            devices.push(Dev { driver: NIC, pool: "n1".into(), name: format!("nic-{i}"), multi: false });
+            let mut d = json!({"name": format!("nic-{i}"), "attributes": {"resource.kubernetes.io/pcieRoot": {"string": format!("pci{}", i * 2 / n.max(1))},
+                "numa": {"int": i % 2}}});
+            if counters {
+                d["consumesCounters"] = json!([{"counterSet": "mem", "counters": {"slices": {"value": "1"}}}]);
+            }
+            d
         })
         .collect();
+    let count = 1 + usize::from(counters);
     slices.push(json!({"metadata": {"name": "n1-nic"}, "spec": {"driver": NIC, "nodeName": "n1",
-        "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1}, "devices": devs}}));
+        "pool": {"name": "n1", "generation": 1, "resourceSliceCount": count}, "devices": devs}}));
+    if counters {
+        slices.push(json!({"metadata": {"name": "n1-nic-counters"}, "spec": {"driver": NIC, "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": count},
+            "sharedCounters": [{"name": "mem", "counters": {"slices": {"value": pick(r, &["1", "2", "8"])}}}]}}));
+    }
 }
 
-fn network_pool(r: &mut StdRng, slices: &mut Vec<Value>, devices: &mut Vec<(String, String, String)>) {
+fn network_pool(r: &mut StdRng, slices: &mut Vec<Value>, devices: &mut Vec<Dev>) {
     let mode = r.random_range(0..3);
     let mut spec = json!({"driver": NIC, "pool": {"name": "fabric", "generation": 1, "resourceSliceCount": 1}});
     let mut devs = Vec::new();
@@ -160,7 +255,7 @@ fn network_pool(r: &mut StdRng, slices: &mut Vec<Value>, devices: &mut Vec<(Stri
         if mode == 2 {
             d["nodeSelector"] = json!({"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": [pick(r, &["z1", "z2"])]}]}]});
         }
-        devices.push((NIC.into(), "fabric".into(), format!("fabric-{i}")));
+        devices.push(Dev { driver: NIC, pool: "fabric".into(), name: format!("fabric-{i}"), multi: false });
         devs.push(d);
     }
     match mode {
@@ -230,7 +325,7 @@ fn class_name(r: &mut StdRng) -> &'static str {
     )
 }
 
-fn request_body(r: &mut StdRng, sub: bool) -> Value {
+fn request_body(r: &mut StdRng, g: Gen, sub: bool) -> Value {
     let class = class_name(r);
     let mut e = json!({"deviceClassName": class});
     if chance(r, 0.08) {
@@ -257,13 +352,25 @@ fn request_body(r: &mut StdRng, sub: bool) -> Value {
     if chance(r, 0.1) {
         e["capacity"] = json!({"requests": {"memory": pick(r, &["5Gi", "10Gi", "30Gi", "50Gi"])}});
     }
+    if chance(r, 0.06) {
+        e["capacity"]["requests"]["cores"] = json!(pick(r, &["300m", "1", "1500m", "750m"]));
+    }
+    if g.v1_37 && chance(r, 0.01) {
+        // Beyond int64, not whole milli-units, negative: 1.37 aborts.
+        let (name, value) = *pick(r, &[("memory", "10E"), ("cores", "1250500u"), ("memory", "-5Gi")]);
+        e["capacity"]["requests"][name] = json!(value);
+    }
+    if g.v1_37 && chance(r, 0.005) {
+        // DRADerivedAttributes is off: the request cannot be allocated.
+        e["derivedAttributes"] = json!([{"name": "gpu.example.com/numaPlusOne", "expression": "device.attributes['gpu.example.com'].numa + 1"}]);
+    }
     if !sub && chance(r, 0.05) {
         e["adminAccess"] = json!(true);
     }
     e
 }
 
-fn claim(r: &mut StdRng, i: usize) -> Value {
+fn claim(r: &mut StdRng, g: Gen, i: usize) -> Value {
     let n = *pick(r, &[1, 1, 2, 2, 3]);
     let mut requests = Vec::new();
     let mut names = Vec::new();
@@ -272,15 +379,20 @@ fn claim(r: &mut StdRng, i: usize) -> Value {
         if chance(r, 0.2) {
             let subs: Vec<Value> = (0..r.random_range(2..=3))
                 .map(|k| {
-                    let mut b = request_body(r, true);
+                    let mut b = request_body(r, g, true);
                     b["name"] = json!(format!("s{k}"));
+                    if g.v1_37 && chance(r, 0.03) {
+                        // Could never fit a claim: 1.37 passes over it without overflowing.
+                        b["allocationMode"] = json!("ExactCount");
+                        b["count"] = json!(i64::MAX);
+                    }
                     b
                 })
                 .collect();
             names.push(format!("{name}/s0"));
             requests.push(json!({"name": name, "firstAvailable": subs}));
         } else {
-            requests.push(json!({"name": name, "exactly": request_body(r, false)}));
+            requests.push(json!({"name": name, "exactly": request_body(r, g, false)}));
         }
         names.push(name);
     }
@@ -311,19 +423,22 @@ fn claim(r: &mut StdRng, i: usize) -> Value {
            "spec": {"devices": {"requests": requests, "constraints": constraints, "config": config}}})
 }
 
-fn allocated(r: &mut StdRng, devices: &[(String, String, String)]) -> Vec<Value> {
+fn allocated(r: &mut StdRng, devices: &[Dev]) -> Vec<Value> {
     let mut out = Vec::new();
-    for (i, (driver, pool, device)) in devices.iter().enumerate() {
-        if !chance(r, 0.15) {
+    for (i, d) in devices.iter().enumerate() {
+        if !chance(r, if d.multi { 0.4 } else { 0.15 }) {
             continue;
         }
-        let mut res = json!({"request": "r", "driver": driver, "pool": pool, "device": device});
-        match r.random_range(0..4) {
+        let mut res = json!({"request": "r", "driver": d.driver, "pool": d.pool, "device": d.name});
+        // Shares of a shareable device, with and without consumed capacity, mostly.
+        let kind = if d.multi && chance(r, 0.8) { r.random_range(1..3) } else { r.random_range(0..5) };
+        match kind {
             0 => res["adminAccess"] = json!(true),
             1 => {
                 res["shareID"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
                 res["consumedCapacity"] = json!({"memory": pick(r, &["10Gi", "40Gi", "60Gi"])});
             }
+            2 => res["shareID"] = json!(format!("00000000-0000-4000-8000-{i:012}")),
             _ => {}
         }
         out.push(json!({"metadata": {"name": format!("old-{i}"), "namespace": "default"},
