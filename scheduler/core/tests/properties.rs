@@ -60,6 +60,8 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
                         .unwrap();
                     let want: i64 = claim
                         .spec
+                        .as_ref()
+                        .unwrap()
                         .devices
                         .as_ref()
                         .unwrap()

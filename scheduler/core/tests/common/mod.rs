@@ -25,12 +25,12 @@ pub fn classes() -> Vec<DeviceClass> {
         .iter()
         .map(|d| DeviceClass {
             metadata: ObjectMeta { name: Some(d.to_string()), ..Default::default() },
-            spec: DeviceClassSpec {
+            spec: Some(DeviceClassSpec {
                 selectors: Some(vec![DeviceSelector {
                     cel: Some(CELDeviceSelector { expression: format!("device.driver == '{d}'") }),
                 }]),
                 ..Default::default()
-            },
+            }),
         })
         .collect()
 }
@@ -82,7 +82,7 @@ impl Cluster {
             .collect();
         self.snap.resource_claims.push(ResourceClaim {
             metadata: ObjectMeta { name: Some(name), namespace: Some("ml".into()), ..Default::default() },
-            spec: ResourceClaimSpec::default(),
+            spec: Some(ResourceClaimSpec::default()),
             status: Some(ResourceClaimStatus {
                 allocation: Some(AllocationResult {
                     devices: Some(DeviceAllocationResult { results: Some(results), config: None }),
@@ -125,7 +125,7 @@ impl Cluster {
         if has_claim {
             self.snap.resource_claims.push(ResourceClaim {
                 metadata: ObjectMeta { name: Some(claim.clone()), namespace: Some("ml".into()), ..Default::default() },
-                spec: ResourceClaimSpec { devices: Some(DeviceClaim { requests: Some(reqs), ..Default::default() }) },
+                spec: Some(ResourceClaimSpec { devices: Some(DeviceClaim { requests: Some(reqs), ..Default::default() }) }),
                 status: None,
             });
         }
