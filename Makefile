@@ -12,7 +12,7 @@ PHALANX_K8S ?= 1.37
 export PHALANX_K8S
 # The tests that `make test-compat` runs on the other supported version: the scheduler's
 # end-to-end tests and the driver's tests against the apiserver.
-COMPAT_TESTS ?= -p phalanx-scheduler --test e2e --test commit --test crash -p phalanx-dra-driver --test publisher --test admission -p phalanx-tests --test smoke
+COMPAT_TESTS ?= -p phalanx-scheduler --test e2e --test workload --test commit --test crash -p phalanx-dra-driver --test publisher --test admission -p phalanx-tests --test smoke
 
 .PHONY: help
 help: ## List the targets

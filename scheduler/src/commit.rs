@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use phalanx_gang::workload::{self, WorkloadPodGroup};
+use phalanx_scheduler_core::placement::claims::generated_claim_name;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -567,7 +568,7 @@ impl Committer {
             let uid = pod.uid().unwrap_or_default();
             let node = pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).unwrap_or_default();
             let mut member = MemberPlan { namespace: ns.clone(), name, uid: uid.clone(), node, claims: Vec::new() };
-            for claim_name in pod_claim_names(pod) {
+            for claim_name in pod_claim_names(pod, group_of(pod, &gang.groups)) {
                 let claim = match claim_name {
                     Some(c) => {
                         self.claims(&ns).get_opt(&c).await.map_err(api_err(format!("reading claim {ns}/{c}")))?
@@ -627,6 +628,8 @@ pub struct RecoveringGang {
     pub needed: usize,
     /// The gang's unbound pods that carry an intent.
     pub members: Vec<Pod>,
+    /// The Workload API PodGroups of its members (their shared claims resolve through them).
+    pub groups: Vec<WorkloadPodGroup>,
 }
 
 /// What recovery did to one gang.
@@ -650,19 +653,20 @@ pub enum RecoveryAction {
 /// The claim names a pod uses, in `spec.resourceClaims` order: direct names, or the
 /// names kube-controller-manager generated from templates (from
 /// `status.resourceClaimStatuses`; `None` while not generated yet).
-pub fn pod_claim_names(pod: &Pod) -> Vec<Option<String>> {
-    pod_claims(pod).into_iter().map(|(_, name)| name).collect()
+pub fn pod_claim_names(pod: &Pod, group: Option<&WorkloadPodGroup>) -> Vec<Option<String>> {
+    pod_claims(pod, group).into_iter().map(|(_, name)| name).collect()
+}
+
+/// The Workload PodGroup `pod` joins, among `groups`.
+pub fn group_of<'g>(pod: &Pod, groups: &'g [WorkloadPodGroup]) -> Option<&'g WorkloadPodGroup> {
+    let name = pod.spec.as_ref()?.scheduling_group.as_ref()?.pod_group_name.as_deref()?;
+    groups.iter().find(|g| g.metadata.name.as_deref() == Some(name) && g.metadata.namespace == pod.metadata.namespace)
 }
 
 /// Each claim entry of the pod (first of each name) with its ResourceClaim's name, in
 /// the pod's order: `None` while the claim is not generated from its template yet.
-pub fn pod_claims(pod: &Pod) -> Vec<(&PodResourceClaim, Option<String>)> {
-    let generated: BTreeMap<&str, Option<&str>> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.resource_claim_statuses.as_ref())
-        .map(|ss| ss.iter().map(|s| (s.name.as_str(), s.resource_claim_name.as_deref())).collect())
-        .unwrap_or_default();
+/// `group` is the pod's Workload PodGroup, through which its shared claims resolve.
+pub fn pod_claims<'p>(pod: &'p Pod, group: Option<&WorkloadPodGroup>) -> Vec<(&'p PodResourceClaim, Option<String>)> {
     let mut seen = BTreeSet::new();
     pod.spec
         .as_ref()
@@ -673,7 +677,7 @@ pub fn pod_claims(pod: &Pod) -> Vec<(&PodResourceClaim, Option<String>)> {
                 .map(|rc| {
                     let name = match &rc.resource_claim_name {
                         Some(direct) => Some(direct.clone()),
-                        None => generated.get(rc.name.as_str()).copied().flatten().map(str::to_owned),
+                        None => generated_claim_name(pod, rc, group),
                     };
                     (rc, name)
                 })

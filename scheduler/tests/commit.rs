@@ -194,7 +194,7 @@ async fn vanished_pod_fails_before_anything_is_written() {
 async fn recovering(client: &Client, needed: usize) -> RecoveringGang {
     let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&Default::default()).await.unwrap().items;
     let members: Vec<Pod> = pods.into_iter().filter(|p| nominated(p).is_some() && node_of(p).is_none()).collect();
-    RecoveringGang { gang: "default/g".into(), needed, members }
+    RecoveringGang { gang: "default/g".into(), needed, members, groups: Vec::new() }
 }
 
 #[tokio::test]

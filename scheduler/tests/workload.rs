@@ -143,17 +143,20 @@ async fn pod_group_claim_is_allocated_once_and_reserved_for_the_group() {
     assert_eq!(nodes.len(), 1, "a node-local device shared by the group puts the group on its node: {nodes:?}");
 
     let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
-    let claim_of = |pod: &Pod, name: &str| {
-        pod.status
+    // The group's claim, as the PodGroup lists it (1.37 lists it on each pod too, 1.36
+    // on the PodGroup only).
+    let groups: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &podgroups);
+    let listed = groups.get("shared").await.unwrap().data["status"]["resourceClaimStatuses"].clone();
+    let common_name = listed[0]["resourceClaimName"].as_str().expect("the PodGroup lists its claim").to_string();
+    for pod in &bound {
+        let on_pod = pod
+            .status
             .as_ref()
             .and_then(|s| s.resource_claim_statuses.as_ref())
-            .and_then(|ss| ss.iter().find(|s| s.name == name))
-            .and_then(|s| s.resource_claim_name.clone())
-            .expect("claim generated")
-    };
-    let common: std::collections::BTreeSet<_> = bound.iter().map(|p| claim_of(p, "common")).collect();
-    assert_eq!(common.len(), 1, "one claim for the whole group: {common:?}");
-    let common = claims.get(common.first().unwrap()).await.unwrap();
+            .and_then(|ss| ss.iter().find(|s| s.name == "common").and_then(|s| s.resource_claim_name.clone()));
+        assert!(on_pod.is_none_or(|n| n == common_name), "one claim for the whole group");
+    }
+    let common = claims.get(&common_name).await.unwrap();
     assert!(
         common.owner_references().iter().any(|o| o.kind == "PodGroup" && o.name == "shared"),
         "kube-controller-manager generated it for the PodGroup"
@@ -169,7 +172,12 @@ async fn pod_group_claim_is_allocated_once_and_reserved_for_the_group() {
     assert_eq!(results.len(), 1, "allocated once");
     let mut devices = vec![format!("{}/{}", results[0].pool, results[0].device)];
     for pod in &bound {
-        let own = claims.get(&claim_of(pod, "own")).await.unwrap();
+        // Its own claim: the one generated for (owned by) the pod.
+        let all = claims.list(&Default::default()).await.unwrap().items;
+        let own = all
+            .into_iter()
+            .find(|c| c.owner_references().iter().any(|o| Some(&o.uid) == pod.uid().as_ref()))
+            .expect("the pod's own claim");
         let reserved = own.status.as_ref().and_then(|s| s.reserved_for.clone()).unwrap_or_default();
         assert_eq!(reserved.iter().map(|r| r.uid.clone()).collect::<Vec<_>>(), vec![pod.uid().unwrap()]);
         let r = &own.status.unwrap().allocation.unwrap().devices.unwrap().results.unwrap()[0];
@@ -180,8 +188,9 @@ async fn pod_group_claim_is_allocated_once_and_reserved_for_the_group() {
     scheduler.shutdown().await;
 }
 
-/// A Job with `.spec.scheduling` (alpha, `WorkloadWithJob`): the job controller makes the
-/// Workload and its PodGroup and puts every pod in it; Phalanx places the Job whole.
+/// A Job with `.spec.scheduling` (1.37 alpha, `WorkloadWithJob`): the job controller
+/// makes the Workload and its PodGroup and puts every pod in it; Phalanx places the Job
+/// whole.
 #[tokio::test]
 async fn job_with_scheduling_is_placed_as_one_gang() {
     let env = TestEnv::start(Options::default().features(FeatureSet::Alpha)).await.expect("control plane starts");
@@ -206,6 +215,12 @@ async fn job_with_scheduling_is_placed_as_one_gang() {
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
     let created = jobs.create(&PostParams::default(), &job).await.unwrap();
     let scheduling = serde_json::to_value(&created).unwrap()["spec"]["scheduling"].clone();
+    if env.kube_version() == KubeVersion::V1_36 {
+        // Job `.spec.scheduling` arrived in 1.37: 1.36 drops it, and the pods are plain
+        // pods, each a gang of one.
+        assert!(scheduling.is_null(), "1.36 has no Job .spec.scheduling: {scheduling}");
+        return scheduler.shutdown().await;
+    }
     assert!(!scheduling.is_null(), "the apiserver keeps .spec.scheduling with WorkloadWithJob on");
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let selector = kube::api::ListParams::default().labels("batch.kubernetes.io/job-name=train");

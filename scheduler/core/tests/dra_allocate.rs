@@ -114,17 +114,26 @@ fn feasible_nodes_and_remove_is_inverse() {
 fn bad_cel_names_the_class() {
     let snap = DraSnapshot::new(&[class("broken", "device.driver ==")], &[gpu_slice("n1")], Features::default());
     let mut c = claim("c", 1, json!([]));
-    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0].exactly.as_mut().unwrap().device_class_name =
-        "broken".into();
+    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0]
+        .exactly
+        .as_mut()
+        .unwrap()
+        .device_class_name = "broken".into();
     let err = Allocator::new(&snap).allocate(&node("n1"), &[&c], &AllocatedState::new()).unwrap_err();
     assert!(matches!(&err, AllocateError::CelCompile { owner, .. } if owner == "class broken"), "{err}");
     let snap = DraSnapshot::new(&[class("str", "device.driver")], &[gpu_slice("n1")], Features::default());
-    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0].exactly.as_mut().unwrap().device_class_name =
-        "str".into();
+    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0]
+        .exactly
+        .as_mut()
+        .unwrap()
+        .device_class_name = "str".into();
     let err = Allocator::new(&snap).allocate(&node("n1"), &[&c], &AllocatedState::new()).unwrap_err();
     assert!(matches!(&err, AllocateError::CelNotBool { .. }), "{err}");
-    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0].exactly.as_mut().unwrap().device_class_name =
-        "missing".into();
+    c.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0]
+        .exactly
+        .as_mut()
+        .unwrap()
+        .device_class_name = "missing".into();
     let err = Allocator::new(&snap).allocate(&node("n1"), &[&c], &AllocatedState::new()).unwrap_err();
     assert!(err.to_string().contains("could not retrieve device class missing"), "{err}");
 }
@@ -184,7 +193,11 @@ fn shared_counters_and_taints() {
     state.add(&r[0]);
     assert_eq!(a.allocate(&node("n1"), &[&claim("again", 1, json!([]))], &state).unwrap(), None, "counters used up");
     let mut tolerant = claim("tolerant", 1, json!([]));
-    tolerant.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0].exactly.as_mut().unwrap().tolerations =
+    tolerant.spec.as_mut().unwrap().devices.as_mut().unwrap().requests.as_mut().unwrap()[0]
+        .exactly
+        .as_mut()
+        .unwrap()
+        .tolerations =
         Some(vec![serde_json::from_value(json!({"key": "gpu.phalanx.dev/xid", "operator": "Exists"})).unwrap()]);
     let r = a.allocate(&node("n1"), &[&tolerant], &AllocatedState::new()).unwrap().unwrap();
     assert_eq!(devices(&r[0]), ["p0"]);

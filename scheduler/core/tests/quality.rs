@@ -104,9 +104,12 @@ fn brute_force(p: &mut Placer, g: &Gang) -> Option<f64> {
             return;
         }
         let claim = &claims[i][0];
-        let k =
-            claim.spec.as_ref().unwrap().devices.as_ref().unwrap().requests.as_ref().unwrap()[0].exactly.as_ref().unwrap().count.unwrap()
-                as usize;
+        let k = claim.spec.as_ref().unwrap().devices.as_ref().unwrap().requests.as_ref().unwrap()[0]
+            .exactly
+            .as_ref()
+            .unwrap()
+            .count
+            .unwrap() as usize;
         for n in 0..n_nodes {
             let node = p.topology().nodes()[n].name.clone();
             let groups = free_by_island(p, n, taken);

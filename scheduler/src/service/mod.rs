@@ -245,7 +245,17 @@ impl Scheduler {
                 })
                 .collect();
             if !members.is_empty() {
-                gangs.push(RecoveringGang { gang: gang.key.to_string(), needed: gang.needed() as usize, members });
+                let groups = members
+                    .iter()
+                    .filter_map(|p| commit::group_of(p, &snapshot.workload_pod_groups))
+                    .cloned()
+                    .collect();
+                gangs.push(RecoveringGang {
+                    gang: gang.key.to_string(),
+                    needed: gang.needed() as usize,
+                    members,
+                    groups,
+                });
             }
         }
         info!(gangs = gangs.len(), "recovering half-done commits");
@@ -539,15 +549,9 @@ fn missing_template(pod: &Pod, snapshot: &Snapshot) -> Option<String> {
             .iter()
             .any(|t| t.metadata.name.as_deref() == Some(name) && t.metadata.namespace.as_deref() == Some(ns.as_str()))
     };
-    let generated = |name: &str| {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.resource_claim_statuses.as_ref())
-            .is_some_and(|ss| ss.iter().any(|s| s.name == name && s.resource_claim_name.is_some()))
-    };
-    for (rc, _) in pod_claims(pod) {
+    for (rc, generated) in pod_claims(pod, commit::group_of(pod, &snapshot.workload_pod_groups)) {
         let Some(template) = rc.resource_claim_template_name.as_deref() else { continue };
-        if generated(&rc.name) || exists(template) {
+        if generated.is_some() || exists(template) {
             continue;
         }
         let group = workload::group_of(pod).and_then(|(gns, g)| {
@@ -586,6 +590,10 @@ impl<'s> SnapshotIndex<'s> {
         }
     }
 
+    fn group(&self, pod: &Pod) -> Option<&'s phalanx_gang::workload::WorkloadPodGroup> {
+        workload::group_of(pod).and_then(|k| self.workload_groups.get(&k).copied())
+    }
+
     fn pod(&self, namespace: &str, name: &str) -> Option<&'s Pod> {
         self.pods.get(&(namespace.to_owned(), name.to_owned())).copied()
     }
@@ -594,7 +602,8 @@ impl<'s> SnapshotIndex<'s> {
     /// from a template.
     fn claims_generated(&self, pod: &phalanx_gang::PodRef) -> bool {
         let Some(pod) = self.pod(&pod.namespace, &pod.name) else { return true };
-        pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) || pod_claim_names(pod).iter().all(Option::is_some)
+        pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+            || pod_claim_names(pod, self.group(pod)).iter().all(Option::is_some)
     }
 
     /// The commit plan for a placement: UIDs from the snapshot, and for claims the
@@ -608,8 +617,8 @@ impl<'s> SnapshotIndex<'s> {
             let uid = pod.uid().ok_or_else(|| format!("pod {ns}/{name} has no UID"))?;
             let ours: HashMap<&str, _> = m.claims.iter().map(|c| (c.name.as_str(), &c.allocation)).collect();
             let mut claims = Vec::new();
-            let group = workload::group_of(pod).and_then(|k| self.workload_groups.get(&k).copied());
-            for (pod_claim, claim_name) in pod_claims(pod) {
+            let group = self.group(pod);
+            for (pod_claim, claim_name) in pod_claims(pod, group) {
                 let claim_name = claim_name.ok_or_else(|| format!("pod {ns}/{name}: a claim is not generated yet"))?;
                 let claim = self
                     .claims

@@ -97,7 +97,12 @@ pub fn validate(
                 message: format!("{} results exceed {MAX_RESULTS}", rs.len()),
             });
         }
-        let requests = claim.spec.devices.as_ref().and_then(|d| d.requests.as_deref()).unwrap_or_default();
+        let requests = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.devices.as_ref())
+            .and_then(|d| d.requests.as_deref())
+            .unwrap_or_default();
         let mut per_request: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut attrs: Vec<(String, Option<String>, DeviceId)> = Vec::new();
         for r in rs {
@@ -162,8 +167,14 @@ pub fn validate(
                 message: "no such request in the claim".into(),
             });
         }
-        for (index, c) in
-            claim.spec.devices.as_ref().and_then(|d| d.constraints.as_ref()).into_iter().flatten().enumerate()
+        for (index, c) in claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.devices.as_ref())
+            .and_then(|d| d.constraints.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
         {
             let scope: HashSet<&String> = c.requests.iter().flatten().collect();
             let covered = attrs.iter().filter(|(b, s, _)| {

@@ -3,10 +3,35 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodResourceClaim};
 use k8s_openapi::api::resource::v1::{DeviceClass, DeviceConstraint, ResourceClaim, ResourceClaimTemplate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use phalanx_gang::workload::WorkloadPodGroup;
 use phalanx_topology::names;
+
+/// The ResourceClaim kube-controller-manager generated for the pod's template claim
+/// `claim`: from the pod's `status.resourceClaimStatuses`, else, when the claim is one
+/// its PodGroup shares (same name and template, KEP-5729), from the PodGroup's
+/// `status.resourceClaimStatuses` (1.36 lists a group claim there only). `group` is the
+/// pod's Workload PodGroup, if any.
+pub fn generated_claim_name(pod: &Pod, claim: &PodResourceClaim, group: Option<&WorkloadPodGroup>) -> Option<String> {
+    let from_pod = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_claim_statuses.as_ref())
+        .and_then(|l| l.iter().find(|s| s.name == claim.name))
+        .and_then(|s| s.resource_claim_name.clone());
+    from_pod.or_else(|| {
+        let group = group?;
+        let shared = group.spec.resource_claims.iter().any(|c| {
+            c.name == claim.name
+                && c.resource_claim_name.is_none()
+                && c.resource_claim_template_name == claim.resource_claim_template_name
+        });
+        let status = group.status.as_ref()?.resource_claim_statuses.iter().find(|s| s.name == claim.name);
+        shared.then(|| status?.resource_claim_name.clone()).flatten()
+    })
+}
 
 /// `namespace/name` of a claim.
 pub type ClaimKey = (String, String);
@@ -55,7 +80,12 @@ impl ClaimIndex {
     /// Resolves the claims of a pod, in `spec.resourceClaims` order. A template
     /// reference uses `status.resourceClaimStatuses`, else a claim `<pod>-<name>` is
     /// generated from the template (what kube-controller-manager would create).
-    pub fn resolve_pod(&mut self, pod: &Pod, templates: &[ResourceClaimTemplate]) -> Result<Vec<ClaimKey>, String> {
+    pub fn resolve_pod(
+        &mut self,
+        pod: &Pod,
+        group: Option<&WorkloadPodGroup>,
+        templates: &[ResourceClaimTemplate],
+    ) -> Result<Vec<ClaimKey>, String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let mut out = Vec::new();
@@ -74,13 +104,7 @@ impl ClaimIndex {
                     rc.name
                 ));
             };
-            let generated = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.resource_claim_statuses.as_ref())
-                .and_then(|l| l.iter().find(|s| s.name == rc.name))
-                .and_then(|s| s.resource_claim_name.clone());
-            if let Some(name) = generated {
+            if let Some(name) = generated_claim_name(pod, rc, group) {
                 let key = (ns.clone(), name.clone());
                 if !self.claims.contains_key(&key) {
                     return Err(format!(
@@ -180,7 +204,9 @@ pub struct RequestShape {
 /// The shapes of a claim's requests.
 pub fn request_shapes(claim: &ResourceClaim, classes: &HashMap<String, Option<String>>) -> Vec<RequestShape> {
     let mut out = Vec::new();
-    for r in claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten() {
+    for r in
+        claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten()
+    {
         let count =
             |mode: Option<&str>, c: Option<i64>| if mode == Some("All") { 1 } else { c.unwrap_or(1).max(0) as u32 };
         if let Some(e) = &r.exactly {

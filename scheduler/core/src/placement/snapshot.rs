@@ -2,8 +2,8 @@
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceClaimTemplate, ResourceSlice};
-use phalanx_gang::workload::{CompositePodGroup, WorkloadPodGroup};
 use phalanx_gang::crd::{CoschedulingPodGroup, PodGang};
+use phalanx_gang::workload::{CompositePodGroup, WorkloadPodGroup};
 
 /// Everything placement reads, as plain data.
 #[derive(Debug, Clone, Default)]

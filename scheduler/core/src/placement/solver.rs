@@ -38,6 +38,8 @@ pub struct Placer {
     state: ClusterState,
     claims: ClaimIndex,
     templates: Vec<ResourceClaimTemplate>,
+    /// Workload API PodGroups by (namespace, name): a member's group claims resolve through it.
+    workload_groups: HashMap<(String, String), phalanx_gang::workload::WorkloadPodGroup>,
     class_driver: HashMap<String, Option<String>>,
     /// Static node rules per pod signature: signature → slot, slot → per node result.
     static_sigs: HashMap<String, usize>,
@@ -110,6 +112,14 @@ impl Placer {
             alloc,
             claims: ClaimIndex::new(&snapshot.resource_claims),
             templates: snapshot.resource_claim_templates.clone(),
+            workload_groups: snapshot
+                .workload_pod_groups
+                .iter()
+                .map(|g| {
+                    let m = &g.metadata;
+                    ((m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default()), g.clone())
+                })
+                .collect(),
             class_driver,
             static_sigs: HashMap::new(),
             static_cache: Vec::new(),
@@ -288,7 +298,14 @@ impl Placer {
         let mut owner: HashMap<ClaimKey, usize> = HashMap::new();
         for (gi, m) in gang.members.iter().enumerate() {
             let pod = self.pods.get(&m.pod).ok_or_else(|| format!("pod {} is not in the snapshot", m.pod))?;
-            let keys = self.claims.resolve_pod(pod, &self.templates).map_err(|e| format!("pod {}: {e}", m.pod))?;
+            let group = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.scheduling_group.as_ref())
+                .and_then(|g| g.pod_group_name.clone())
+                .and_then(|g| self.workload_groups.get(&(m.pod.namespace.clone(), g)));
+            let keys =
+                self.claims.resolve_pod(pod, group, &self.templates).map_err(|e| format!("pod {}: {e}", m.pod))?;
             let mut own = Vec::new();
             let mut follow = Vec::new();
             let mut preallocated = Vec::new();

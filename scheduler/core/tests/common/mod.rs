@@ -125,7 +125,9 @@ impl Cluster {
         if has_claim {
             self.snap.resource_claims.push(ResourceClaim {
                 metadata: ObjectMeta { name: Some(claim.clone()), namespace: Some("ml".into()), ..Default::default() },
-                spec: Some(ResourceClaimSpec { devices: Some(DeviceClaim { requests: Some(reqs), ..Default::default() }) }),
+                spec: Some(ResourceClaimSpec {
+                    devices: Some(DeviceClaim { requests: Some(reqs), ..Default::default() }),
+                }),
                 status: None,
             });
         }
