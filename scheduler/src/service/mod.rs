@@ -101,8 +101,10 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
         rx
     };
 
+    let release = cluster_release(&client).await;
     let scheduler = Scheduler {
         client: client.clone(),
+        release,
         pod_groups: std::sync::OnceLock::new(),
         workload_groups: std::sync::OnceLock::new(),
         committer: {
@@ -123,8 +125,31 @@ pub async fn start(client: Client, config: SchedulerConfig, identity: String) ->
     Ok(Running { http_address, metrics, task, stop: stop_tx })
 }
 
+/// The allocator rules to follow: those of the API server's release (1.36 or 1.37; a
+/// newer release gets 1.37's, the newest Phalanx knows, and a warning).
+async fn cluster_release(client: &Client) -> phalanx_scheduler_core::dra::Release {
+    use phalanx_scheduler_core::dra::Release;
+    let info = match client.apiserver_version().await {
+        Ok(info) => info,
+        Err(e) => {
+            warn!(error = %e, "cannot read the API server's version; allocating with 1.37's rules");
+            return Release::V1_37;
+        }
+    };
+    let minor: u32 = info.minor.trim_end_matches('+').parse().unwrap_or(0);
+    let release = if info.major == "1" && minor <= 36 { Release::V1_36 } else { Release::V1_37 };
+    if info.major != "1" || !(36..=37).contains(&minor) {
+        warn!(version = %info.git_version, "API server release not supported (1.36 and 1.37 are); allocating with {release:?} rules");
+    } else {
+        info!(version = %info.git_version, "API server release");
+    }
+    release
+}
+
 struct Scheduler {
     client: Client,
+    /// The cluster's Kubernetes release: its allocator rules are the ones applied.
+    release: phalanx_scheduler_core::dra::Release,
     /// Created once the cluster serves scheduler-plugins PodGroups.
     pod_groups: std::sync::OnceLock<podgroup::PodGroupStatusWriter>,
     workload_groups: std::sync::OnceLock<workload::WorkloadStatusWriter>,
@@ -299,6 +324,7 @@ impl Scheduler {
         let place_started = Instant::now();
         let assembly = self.assemble(&snapshot);
         let options = PlacementOptions::default()
+            .release(self.release)
             .scheduler_name(&self.config.scheduler_name)
             .max_attempts(self.config.max_attempts_per_gang);
         let mut placer = match Placer::new(&snapshot, &self.config.topology, options) {

@@ -38,11 +38,18 @@ pub struct PlacementOptions {
     /// After the first feasible domain of a level, how many more candidates of that
     /// level to evaluate for a better score.
     pub alternatives: usize,
+    /// The Kubernetes release whose allocator rules apply (the cluster's, found at run time).
+    pub release: crate::dra::Release,
 }
 
 impl Default for PlacementOptions {
     fn default() -> Self {
-        Self { scheduler_name: "phalanx-scheduler".into(), max_attempts: 20_000, alternatives: 2 }
+        Self {
+            scheduler_name: "phalanx-scheduler".into(),
+            max_attempts: 20_000,
+            alternatives: 2,
+            release: crate::dra::Release::default(),
+        }
     }
 }
 
@@ -51,6 +58,13 @@ impl PlacementOptions {
     #[must_use]
     pub fn scheduler_name(mut self, name: &str) -> Self {
         self.scheduler_name = name.into();
+        self
+    }
+
+    /// Sets the Kubernetes release whose allocator rules apply.
+    #[must_use]
+    pub fn release(mut self, release: crate::dra::Release) -> Self {
+        self.release = release;
         self
     }
 

@@ -74,8 +74,9 @@ impl Placer {
             }
         }
         let topo = ClusterTopology::build(config, &snapshot.nodes, &snapshot.resource_slices);
-        let dra = DraSnapshot::new(&snapshot.device_classes, &snapshot.resource_slices, Features::all())
-            .with_nodes(&snapshot.nodes);
+        let features = Features { release: options.release, ..Features::all() };
+        let dra =
+            DraSnapshot::new(&snapshot.device_classes, &snapshot.resource_slices, features).with_nodes(&snapshot.nodes);
         let allocated = AllocatedState::from_claims(&snapshot.resource_claims);
         let capacity = FreeCapacity::new(&topo, |k| allocated.is_allocated(&dra_id(k)));
         let by_name: HashMap<&str, &Node> =
