@@ -336,24 +336,7 @@ fn composite_roles(
     let mut sum = 0u32;
     for g in children {
         let gname = g.metadata.name.clone().unwrap_or_default();
-        let min = match (&g.spec.scheduling_policy.gang, &g.spec.scheduling_policy.basic) {
-            (Some(p), _) if p.min_count >= 1 => p.min_count as u32,
-            (Some(p), _) => {
-                errs.push(GangError::InvalidNumber {
-                    object: format!("PodGroup {ns}/{gname}"),
-                    key: "spec.schedulingPolicy.gang.minCount".into(),
-                    value: p.min_count.to_string(),
-                    min: 1,
-                    hint: "set it to how many pods must start together",
-                });
-                1
-            }
-            (None, Some(_)) => 1,
-            (None, None) => {
-                errs.push(GangError::NoPolicy { object: format!("PodGroup {ns}/{gname}") });
-                1
-            }
-        };
+        let min = pod_group_min(g, &format!("PodGroup {ns}/{gname}"), &mut errs);
         sum += min;
         let idx = (0..pending.len()).filter(|&i| group_of(pending[i]).as_deref() == Some(gname.as_str())).collect();
         let bound = bound_pods.iter().filter(|p| group_of(p).as_deref() == Some(gname.as_str())).count() as u32;
@@ -361,6 +344,30 @@ fn composite_roles(
         roles.push(Role { name: gname, min, topology, members: idx, bound });
     }
     (roles, sum.max(1), errs)
+}
+
+/// How many pods of Workload PodGroup `pg` must be placed together: `minCount` of a gang
+/// policy, 1 for a basic one; a missing or invalid policy is reported on `errs`.
+fn pod_group_min(pg: &WorkloadPodGroup, object: &str, errs: &mut Vec<GangError>) -> u32 {
+    let policy = &pg.spec.scheduling_policy;
+    match (&policy.gang, &policy.basic) {
+        (Some(g), _) if g.min_count >= 1 => g.min_count as u32,
+        (Some(g), _) => {
+            errs.push(GangError::InvalidNumber {
+                object: object.into(),
+                key: "spec.schedulingPolicy.gang.minCount".into(),
+                value: g.min_count.to_string(),
+                min: 1,
+                hint: "set it to how many pods must start together",
+            });
+            1
+        }
+        (None, Some(_)) => 1,
+        (None, None) => {
+            errs.push(GangError::NoPolicy { object: object.into() });
+            1
+        }
+    }
 }
 
 /// Collects one value that all pods must agree on.
@@ -484,25 +491,7 @@ fn build(inputs: &GangInputs<'_>, key: &GangKey, def: Def, pods: &[&Pod]) -> Res
                     if let Some(t) = pg.topology_key() {
                         topo.required = Some(t.to_string());
                     }
-                    let pol = &pg.spec.scheduling_policy;
-                    match (&pol.gang, &pol.basic) {
-                        (Some(g), _) if g.min_count >= 1 => g.min_count as u32,
-                        (Some(g), _) => {
-                            errs.push(GangError::InvalidNumber {
-                                object: format!("PodGroup {key}"),
-                                key: "spec.schedulingPolicy.gang.minCount".into(),
-                                value: g.min_count.to_string(),
-                                min: 1,
-                                hint: "set it to how many pods must start together",
-                            });
-                            1
-                        }
-                        (None, Some(_)) => 1,
-                        (None, None) => {
-                            errs.push(GangError::NoPolicy { object: format!("PodGroup {key}") });
-                            1
-                        }
-                    }
+                    pod_group_min(pg, &format!("PodGroup {key}"), &mut errs)
                 }
                 _ => {
                     source = GangSource::Annotations;

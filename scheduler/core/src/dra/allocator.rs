@@ -3,6 +3,7 @@
 //! order as upstream's incubating allocator (pools by driver/pool, slices by name,
 //! devices in slice order).
 
+use super::device_claim;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -268,9 +269,7 @@ impl<'a> Allocator<'a> {
 
 fn min_devices(claim: &ResourceClaim) -> usize {
     let mut n = 0;
-    for r in
-        claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten()
-    {
+    for r in device_claim(claim).and_then(|d| d.requests.as_ref()).into_iter().flatten() {
         n += match (&r.exactly, &r.first_available) {
             (Some(e), _) if e.allocation_mode.as_deref().unwrap_or("ExactCount") == "ExactCount" => {
                 e.count.unwrap_or(1).max(0) as usize
@@ -443,7 +442,7 @@ impl<'s> Search<'s> {
         let f = self.snap.features;
         for (ci, claim) in self.claims.iter().enumerate() {
             let ckey = claim_key(Some(claim));
-            let spec = claim.spec.as_ref().and_then(|s| s.devices.as_ref());
+            let spec = device_claim(claim);
             let requests: &'s [DeviceRequest] = spec.and_then(|d| d.requests.as_deref()).unwrap_or_default();
             let mut min_total = 0usize;
             self.reqs.push(Vec::new());
@@ -1207,20 +1206,13 @@ impl<'s> Search<'s> {
             }
             ranges.insert(rd.class_name, (start, out.len()));
         }
-        let requests = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.devices.as_ref())
-            .and_then(|d| d.requests.as_deref())
-            .unwrap_or_default();
+        let requests = device_claim(claim).and_then(|d| d.requests.as_deref()).unwrap_or_default();
         // Named in `names`, by its own name or its chosen subrequest's.
         let named = |names: &[String], ri: usize, req: &DeviceRequest| {
             let slot = &self.reqs[ci][ri];
             names.contains(&req.name) || (slot.has_subs && names.contains(&slot.alts[slot.selected].full_name()))
         };
-        for c in
-            claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.config.as_ref()).into_iter().flatten()
-        {
+        for c in device_claim(claim).and_then(|d| d.config.as_ref()).into_iter().flatten() {
             let names = c.requests.as_deref().unwrap_or_default();
             if names.is_empty() {
                 out.push(DeviceAllocationConfiguration {

@@ -84,3 +84,10 @@ pub use nodes::{node_matches, selector_matches};
 pub use snapshot::DraSnapshot;
 pub use state::{AllocatedState, DeviceId};
 pub use validate::{Violation, validate};
+
+/// The device part of a claim's spec (both are optional in the API types).
+pub fn device_claim(
+    claim: &k8s_openapi::api::resource::v1::ResourceClaim,
+) -> Option<&k8s_openapi::api::resource::v1::DeviceClaim> {
+    claim.spec.as_ref()?.devices.as_ref()
+}

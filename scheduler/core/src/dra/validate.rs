@@ -1,6 +1,7 @@
 //! Independent check of a plan: what any set of allocation results must satisfy,
 //! whoever produced them. The placement solver's property tests use it.
 
+use super::device_claim;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::resource::v1::{AllocationResult, ResourceClaim};
@@ -97,12 +98,7 @@ pub fn validate(
                 message: format!("{} results exceed {MAX_RESULTS}", rs.len()),
             });
         }
-        let requests = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.devices.as_ref())
-            .and_then(|d| d.requests.as_deref())
-            .unwrap_or_default();
+        let requests = device_claim(claim).and_then(|d| d.requests.as_deref()).unwrap_or_default();
         let mut per_request: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         let mut attrs: Vec<(String, Option<String>, DeviceId)> = Vec::new();
         for r in rs {
@@ -167,15 +163,7 @@ pub fn validate(
                 message: "no such request in the claim".into(),
             });
         }
-        for (index, c) in claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.devices.as_ref())
-            .and_then(|d| d.constraints.as_ref())
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (index, c) in device_claim(claim).and_then(|d| d.constraints.as_ref()).into_iter().flatten().enumerate() {
             let scope: HashSet<&String> = c.requests.iter().flatten().collect();
             let covered = attrs.iter().filter(|(b, s, _)| {
                 scope.is_empty() || scope.contains(b) || s.as_ref().is_some_and(|s| scope.contains(&format!("{b}/{s}")))

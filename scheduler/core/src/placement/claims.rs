@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{Pod, PodResourceClaim};
 use k8s_openapi::api::resource::v1::{DeviceClass, DeviceConstraint, ResourceClaim, ResourceClaimTemplate};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use phalanx_gang::workload::WorkloadPodGroup;
+
+use crate::dra::device_claim;
 use phalanx_topology::names;
 
 /// The ResourceClaim kube-controller-manager generated for the pod's template claim
@@ -204,9 +206,7 @@ pub struct RequestShape {
 /// The shapes of a claim's requests.
 pub fn request_shapes(claim: &ResourceClaim, classes: &HashMap<String, Option<String>>) -> Vec<RequestShape> {
     let mut out = Vec::new();
-    for r in
-        claim.spec.as_ref().and_then(|s| s.devices.as_ref()).and_then(|d| d.requests.as_ref()).into_iter().flatten()
-    {
+    for r in device_claim(claim).and_then(|d| d.requests.as_ref()).into_iter().flatten() {
         let count =
             |mode: Option<&str>, c: Option<i64>| if mode == Some("All") { 1 } else { c.unwrap_or(1).max(0) as u32 };
         if let Some(e) = &r.exactly {
@@ -253,10 +253,7 @@ pub enum Locality {
 }
 
 fn has_constraint(claim: &ResourceClaim, attr: &str) -> bool {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.devices.as_ref())
+    device_claim(claim)
         .and_then(|d| d.constraints.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.match_attribute.as_deref() == Some(attr)))
 }
@@ -369,9 +366,7 @@ mod tests {
             [Locality::IslandAndNic, Locality::Island, Locality::Plain]
         );
         let cons = |c: &ResourceClaim| {
-            c.spec
-                .as_ref()
-                .and_then(|s| s.devices.as_ref())
+            device_claim(c)
                 .unwrap()
                 .constraints
                 .clone()
