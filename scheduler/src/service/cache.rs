@@ -42,9 +42,9 @@ struct Assumed {
 #[derive(Default)]
 struct GangApis {
     workload: OnceLock<(Store<DynamicObject>, ApiResource)>,
-    composite: OnceLock<Store<DynamicObject>>,
+    composite: OnceLock<(Store<DynamicObject>, ApiResource)>,
     coscheduling: OnceLock<(Store<DynamicObject>, ApiResource)>,
-    pod_gangs: OnceLock<Store<DynamicObject>>,
+    pod_gangs: OnceLock<(Store<DynamicObject>, ApiResource)>,
 }
 
 /// One optional gang API: where it lives and the versions to look for, best first.
@@ -121,32 +121,17 @@ impl GangApis {
     /// of those started. Each store has its initial list when this returns.
     async fn discover(&self, client: &Client, changed: &Arc<Notify>, metrics: &Metrics) -> Vec<&'static str> {
         let mut started = Vec::new();
-        let store_only = |slot: &OnceLock<Store<DynamicObject>>,
-                          pair: OnceLock<(Store<DynamicObject>, ApiResource)>| {
-            if let Some((store, _)) = pair.into_inner() {
-                let _ = slot.set(store);
+        for (api, slot) in [
+            (&WORKLOAD, &self.workload),
+            (&COMPOSITE, &self.composite),
+            (&COSCHEDULING, &self.coscheduling),
+            (&GROVE, &self.pod_gangs),
+        ] {
+            if api.watch(slot, client, changed).await {
+                started.push(api.label);
             }
-        };
-        if WORKLOAD.watch(&self.workload, client, changed).await {
-            started.push(WORKLOAD.label);
+            metrics.gang_api(api.label, slot.get().is_some());
         }
-        let composite = OnceLock::new();
-        if self.composite.get().is_none() && COMPOSITE.watch(&composite, client, changed).await {
-            store_only(&self.composite, composite);
-            started.push(COMPOSITE.label);
-        }
-        if COSCHEDULING.watch(&self.coscheduling, client, changed).await {
-            started.push(COSCHEDULING.label);
-        }
-        let grove = OnceLock::new();
-        if self.pod_gangs.get().is_none() && GROVE.watch(&grove, client, changed).await {
-            store_only(&self.pod_gangs, grove);
-            started.push(GROVE.label);
-        }
-        metrics.gang_api(WORKLOAD.label, self.workload.get().is_some());
-        metrics.gang_api(COMPOSITE.label, self.composite.get().is_some());
-        metrics.gang_api(COSCHEDULING.label, self.coscheduling.get().is_some());
-        metrics.gang_api(GROVE.label, self.pod_gangs.get().is_some());
         started
     }
 }
@@ -344,9 +329,9 @@ impl Cache {
             resource_claim_templates: self.templates.state().iter().map(|t| (**t).clone()).collect(),
             pods,
             workload_pod_groups: typed(self.gang_apis.workload.get().map(|(s, _)| s)),
-            composite_pod_groups: typed(self.gang_apis.composite.get()),
+            composite_pod_groups: typed(self.gang_apis.composite.get().map(|(s, _)| s)),
             coscheduling_pod_groups: typed(self.gang_apis.coscheduling.get().map(|(s, _)| s)),
-            pod_gangs: typed(self.gang_apis.pod_gangs.get()),
+            pod_gangs: typed(self.gang_apis.pod_gangs.get().map(|(s, _)| s)),
         }
     }
 
