@@ -28,6 +28,11 @@ tools: ## Install the Rust tools the tests need (rustfmt, clippy, cargo-nextest)
 envtest: ## Build (or reuse) the control plane of PHALANX_K8S (1.37 default): kube-apiserver, -controller-manager, -scheduler, kubectl, etcd, kwok
 	@bash hack/envtest/build.sh --versions
 
+.PHONY: node-binaries
+node-binaries: ## Build (or reuse) what real test nodes run: the kubelet, containerd + runc shim, runc, crictl, CNI plugins
+	@bash hack/envtest/build.sh kubelet >/dev/null
+	@bash hack/node/build.sh --versions
+
 .PHONY: fmt-check
 fmt-check: tools
 	$(CARGO) fmt --all -- --check
