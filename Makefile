@@ -6,7 +6,7 @@ CARGO ?= cargo
 NEXTEST_VERSION ?= 0.9.151
 # Kubernetes 1.37 is built with Go 1.27: the go command fetches this toolchain from the
 # Go module proxy (a fresh machine has Go 1.26, which ignores a go.mod toolchain line).
-export GOTOOLCHAIN := go1.27.3
+export GOTOOLCHAIN=go1.27.3
 # The Kubernetes version the tests run against: 1.37 (default) or 1.36.
 PHALANX_K8S ?= 1.37
 export PHALANX_K8S

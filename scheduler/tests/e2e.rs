@@ -149,10 +149,7 @@ async fn deploy_rbac_is_enough_to_schedule_a_gang() {
     let env = TestEnv::start_default().await.expect("control plane starts");
     let admin = env.client();
     gpu_cluster(&admin, 2, 2).await;
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
-    phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
-    let as_scheduler = env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap();
+    let as_scheduler = as_deployed_scheduler(&env).await;
     // The gang is a scheduler-plugins PodGroup, so its status writes are covered too.
     let resource = install_crd(&admin, "coscheduling-podgroup-crd.yaml", ("scheduling.x-k8s.io", "PodGroup")).await;
     let groups: Api<DynamicObject> = Api::namespaced_with(admin.clone(), NS, &resource);

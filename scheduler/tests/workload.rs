@@ -444,10 +444,7 @@ async fn deploy_rbac_covers_the_workload_api() {
     let env = TestEnv::start(Options::default().features(features)).await.expect("control plane starts");
     let admin = env.client();
     gpu_cluster(&admin, 2, 2).await;
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
-    phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
-    let as_scheduler = env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap();
+    let as_scheduler = as_deployed_scheduler(&env).await;
     create(
         &admin,
         &podgroups,

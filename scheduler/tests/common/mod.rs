@@ -172,3 +172,13 @@ pub fn condition_message(pod: &Pod) -> String {
         .and_then(|c| c.message.clone())
         .unwrap_or_default()
 }
+
+/// Applies the scheduler's RBAC from `deploy/` and returns a client of its ServiceAccount:
+/// the scheduler under test then has exactly what a deployment grants it.
+pub async fn as_deployed_scheduler(env: &TestEnv) -> Client {
+    let admin = env.client();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
+    env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap()
+}
