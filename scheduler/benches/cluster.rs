@@ -261,9 +261,21 @@ async fn wait_for_claims(claims: &Api<ResourceClaim>, n: usize) {
     .await;
 }
 
-/// Deletes every pod; garbage collection removes their claims.
+/// Deletes every pod; garbage collection removes their claims. A collection delete of
+/// thousands of pods can outlast the apiserver's request timeout (1.37 returns a timeout
+/// while it keeps deleting), so it is repeated until no pod is left.
 async fn clear_pods(pods: &Api<Pod>, claims: &Api<ResourceClaim>) {
-    pods.delete_collection(&Default::default(), &ListParams::default()).await.unwrap();
+    wait::poll(Duration::from_secs(600), "pods deleted", || async {
+        let left = pods.list(&ListParams::default().limit(1)).await.ok()?;
+        if left.items.is_empty() {
+            return Some(());
+        }
+        if let Err(e) = pods.delete_collection(&Default::default(), &ListParams::default()).await {
+            eprintln!("deleting pods: {e}; retrying");
+        }
+        None
+    })
+    .await;
     wait::poll(Duration::from_secs(600), "pods and their claims gone", || async {
         claims.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
     })
