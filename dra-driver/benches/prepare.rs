@@ -74,14 +74,15 @@ async fn main() -> anyhow::Result<()> {
     let inventory = ProfileDiscovery::new(Profile::load("hgx-h100-8")?).discover(&NodeContext::named(NODE))?;
     let checkpoint = Checkpoint::load(&config.plugin_dir().join("checkpoint.json"), "bench")?;
     let (state, _) =
-        NodeState::recover(GPU_DRIVER, NODE, inventory, checkpoint, CdiWriter::new(dir.path().join("cdi")))?;
+        NodeState::recover(GPU_DRIVER, NODE, inventory, checkpoint, CdiWriter::new(dir.path().join("cdi"), GPU_DRIVER))?;
     let (_faults_tx, faults_rx) = watch::channel(Faults::default());
     let (registered, _) = watch::channel(None);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let (config, client) = (config.clone(), client.clone());
         tokio::spawn(async move {
-            plugin::serve(&config, Arc::new(Mutex::new(state)), client, faults_rx, NODE.into(), registered, async {
+            let health = plugin::HealthSource { faults: faults_rx, node: NODE.into() };
+            plugin::serve(&config, Arc::new(Mutex::new(state)), client, Some(health), registered, async {
                 let _ = stop_rx.await;
             })
             .await

@@ -19,7 +19,7 @@ use crate::discovery::profile::{Profile, ProfileDiscovery};
 use crate::discovery::sysfs::Sysfs;
 use crate::discovery::{self, Discovery, NodeContext, NodeInventory};
 use crate::health::{self, Faults};
-use crate::plugin::{self, PluginConfig};
+use crate::plugin::{self, HealthSource, PluginConfig};
 use crate::prepare::{self, NodeState};
 use crate::publisher::{self, NodeRef, Publisher};
 
@@ -114,6 +114,29 @@ async fn node_context(client: &kube::Client, name: &str) -> Result<(NodeRef, Nod
     Ok((NodeRef { name: name.to_owned(), uid }, NodeContext { name: name.to_owned(), index: 0, labels }))
 }
 
+/// The prepared-claim state of `driver`: its checkpoint (for the GPU driver
+/// `--checkpoint` when given, else `<kubelet root>/plugins/<driver>/checkpoint.json`)
+/// recovered, and its CDI writer.
+fn open_state(driver: &str, config: &AgentConfig, inventory: &NodeInventory) -> Result<Arc<Mutex<NodeState>>, Error> {
+    let plugin = PluginConfig { driver: driver.into(), kubelet_root: config.kubelet_root.clone() };
+    let default_path = plugin.plugin_dir().join("checkpoint.json");
+    let path = match (&config.checkpoint, driver) {
+        (Some(path), GPU_DRIVER) => path.clone(),
+        (Some(path), _) => path.with_file_name(format!("{driver}-checkpoint.json")),
+        (None, _) => default_path,
+    };
+    let checkpoint = Checkpoint::load(&path, &checkpoint::boot_id())?;
+    let (state, recovery) = NodeState::recover(
+        driver,
+        &config.node_name,
+        inventory.clone(),
+        checkpoint,
+        CdiWriter::new(&config.cdi_root, driver),
+    )?;
+    tracing::info!(driver, completed = recovery.completed, abandoned = ?recovery.abandoned, "checkpoint recovered");
+    Ok(Arc::new(Mutex::new(state)))
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: AgentConfig,
@@ -125,19 +148,12 @@ pub async fn run(
     let inventory: NodeInventory = discovery.discover(&ctx)?;
     tracing::info!(node = config.node_name, gpus = inventory.gpus.len(), nics = inventory.nics.len(), "discovered");
 
-    let plugin_config = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: config.kubelet_root.clone() };
-    let checkpoint_path =
-        config.checkpoint.clone().unwrap_or_else(|| plugin_config.plugin_dir().join("checkpoint.json"));
-    let checkpoint = Checkpoint::load(&checkpoint_path, &checkpoint::boot_id())?;
-    let (state, recovery) = NodeState::recover(
-        GPU_DRIVER,
-        &config.node_name,
-        inventory.clone(),
-        checkpoint,
-        CdiWriter::new(&config.cdi_root),
-    )?;
-    tracing::info!(completed = recovery.completed, abandoned = ?recovery.abandoned, "checkpoint recovered");
-    let state = Arc::new(Mutex::new(state));
+    let state = open_state(GPU_DRIVER, &config, &inventory)?;
+    let nic_state = if config.publish_nics && !inventory.nics.is_empty() {
+        Some(open_state(NIC_DRIVER, &config, &inventory)?)
+    } else {
+        None
+    };
 
     let publisher = Publisher::new(client.clone());
     let (faults_tx, faults_rx) = watch::channel(Faults::default());
@@ -187,23 +203,49 @@ pub async fn run(
         })
     };
 
-    // The kubelet rejecting the registration stops the agent (its pod restarts and
-    // registers afresh) instead of serving a plugin nobody will call.
-    let (registered_tx, mut registered_rx) = watch::channel(None);
+    // The kubelet rejecting a registration stops the agent (its pod restarts and
+    // registers afresh) instead of serving a plugin nobody will call. One plugin per
+    // driver: the kubelet calls a driver's plugin for the claims' results of that driver.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (gpu_registered_tx, gpu_registered) = watch::channel(None);
+    let (nic_registered_tx, nic_registered) = watch::channel(None);
     let rejected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = {
+    {
         let rejected = rejected.clone();
-        async move {
+        let watching_nics = nic_state.is_some();
+        tokio::spawn(async move {
+            let refused = |mut rx: watch::Receiver<Option<bool>>| async move {
+                let _ = rx.wait_for(|r| *r == Some(false)).await;
+            };
+            let nic_refused = async move {
+                if watching_nics { refused(nic_registered).await } else { std::future::pending().await }
+            };
             tokio::select! {
                 _ = shutdown => {}
-                _ = registered_rx.wait_for(|r| *r == Some(false)) => {
-                    rejected.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
+                _ = refused(gpu_registered) => rejected.store(true, std::sync::atomic::Ordering::SeqCst),
+                _ = nic_refused => rejected.store(true, std::sync::atomic::Ordering::SeqCst),
             }
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gpu_plugin = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: config.kubelet_root.clone() };
+    let health = HealthSource { faults: faults_rx, node: config.node_name.clone() };
+    let gpu_served =
+        plugin::serve(&gpu_plugin, state, client.clone(), Some(health), gpu_registered_tx, stopped(stop_rx.clone()));
+    let nic_served = async {
+        match nic_state {
+            Some(nic_state) => {
+                let nic_plugin = PluginConfig { driver: NIC_DRIVER.into(), kubelet_root: config.kubelet_root.clone() };
+                plugin::serve(&nic_plugin, nic_state, client.clone(), None, nic_registered_tx, stopped(stop_rx)).await
+            }
+            None => Ok(()),
         }
     };
-    let served =
-        plugin::serve(&plugin_config, state, client, faults_rx, config.node_name.clone(), registered_tx, stop).await;
+    let (gpu_served, nic_served) = tokio::join!(gpu_served, nic_served);
+    let served = gpu_served.and(nic_served);
     publishing.abort();
     tainting.abort();
     health_source.abort();

@@ -1,28 +1,33 @@
 //! CDI specs, one transient spec per claim: what the container runtime injects into
 //! the containers that use the claim.
 //!
-//! File `<dir>/k8s.gpu.phalanx.dev-gpu_<claimUID>.json`, kind `k8s.gpu.phalanx.dev/gpu`,
-//! device names `<claimUID>-<device>`, IDs `k8s.gpu.phalanx.dev/gpu=<claimUID>-<device>`.
+//! Each driver has its own CDI kind: `k8s.gpu.phalanx.dev/gpu` and
+//! `k8s.nic.phalanx.dev/nic`. File `<dir>/<vendor>-<class>_<claimUID>.json`, device
+//! names `<claimUID>-<device>`, IDs `<vendor>/<class>=<claimUID>-<device>`.
 //!
-//! Environment the worker runtime reads (lists are comma-separated, in device order):
-//! - spec-wide: `PHALANX_CLAIM_UID`, `PHALANX_NODE_NAME`, `PHALANX_GPU_DEVICES` (device
-//!   names), `PHALANX_GPU_UUIDS`, `PHALANX_GPU_INDEXES`, `PHALANX_NVLINK_DOMAINS`,
-//!   `PHALANX_NUMA_NODES`, `PHALANX_PCIE_ROOTS` (empty entries where unknown), and
-//!   `NVIDIA_VISIBLE_DEVICES` (the UUIDs);
-//! - per device `i` (its index): `PHALANX_GPU_<i>_UUID`, `PHALANX_GPU_<i>_PCI_BUS_ID`,
-//!   `PHALANX_GPU_<i>_PCIE_ROOT`, `PHALANX_GPU_<i>_NUMA_NODE`,
-//!   `PHALANX_GPU_<i>_NVLINK_DOMAIN`, `PHALANX_GPU_<i>_NVLINK_ISLAND`.
+//! **Environment** (what the worker runtime reads). A container may use several claims
+//! of one driver, and CDI merges every spec's edits into one environment where the last
+//! writer of a name wins, so no two specs may set one name to different values:
+//! - per GPU, keyed by its node-unique index `i` (a GPU in two claims is the same GPU):
+//!   `PHALANX_GPU_<i>_UUID`, `_PCI_BUS_ID`, `_PCIE_ROOT`, `_NUMA_NODE`,
+//!   `_NVLINK_DOMAIN`, `_NVLINK_ISLAND` (empty where unknown);
+//! - per NIC `i`: `PHALANX_NIC_<i>_NAME` (`nic-<i>`), `_INTERFACE`, `_RDMA_DEVICE`,
+//!   `_PCI_BUS_ID`, `_PCIE_ROOT`, `_NUMA_NODE`, `_ROLE`;
+//! - per claim, keyed by its UID with `-` as `_`: `PHALANX_CLAIM_<uid>_GPUS` or
+//!   `PHALANX_CLAIM_<uid>_NICS` (device names in allocation order) and
+//!   `PHALANX_CLAIM_<uid>_NAME` (`namespace/name`);
+//! - `PHALANX_NODE_NAME` (the same value in every spec of the node).
+//!
+//! The set of GPUs a container got is the set of `PHALANX_GPU_<i>_UUID` it sees.
+//! `NVIDIA_VISIBLE_DEVICES` is not set: it is one list per container and would collide.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::discovery::Gpu;
+use crate::attributes::{GPU_DRIVER, NIC_DRIVER};
+use crate::discovery::{Gpu, Nic};
 
-/// CDI vendor.
-pub const VENDOR: &str = "k8s.gpu.phalanx.dev";
-/// CDI class.
-pub const CLASS: &str = "gpu";
 /// Lowest CDI version with everything we use.
 pub const CDI_VERSION: &str = "0.3.0";
 
@@ -37,71 +42,137 @@ pub struct Error {
     pub source: std::io::Error,
 }
 
-/// Writes and removes the per-claim specs in one directory (default `/var/run/cdi`).
+/// A driver's CDI kind: vendor `k8s.<driver>` and a class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kind {
+    /// e.g. `k8s.gpu.phalanx.dev`.
+    pub vendor: String,
+    /// e.g. `gpu`.
+    pub class: &'static str,
+}
+
+impl Kind {
+    /// The kind of one of our drivers (`gpu.phalanx.dev` or `nic.phalanx.dev`).
+    pub fn of(driver: &str) -> Kind {
+        let class = if driver == NIC_DRIVER { "nic" } else { "gpu" };
+        debug_assert!(driver == GPU_DRIVER || driver == NIC_DRIVER || cfg!(test));
+        Kind { vendor: format!("k8s.{driver}"), class }
+    }
+
+    /// The qualified CDI device ID of `device` prepared for claim `claim_uid`.
+    pub fn device_id(&self, claim_uid: &str, device: &str) -> String {
+        format!("{}/{}={claim_uid}-{device}", self.vendor, self.class)
+    }
+}
+
+/// Writes and removes one driver's per-claim specs in one directory (default
+/// `/var/run/cdi`).
 #[derive(Debug, Clone)]
 pub struct CdiWriter {
     dir: PathBuf,
-}
-
-/// The qualified CDI device ID of `device` prepared for claim `claim_uid`.
-pub fn device_id(claim_uid: &str, device: &str) -> String {
-    format!("{VENDOR}/{CLASS}={claim_uid}-{device}")
+    kind: Kind,
 }
 
 fn list(values: impl Iterator<Item = String>) -> String {
     values.collect::<Vec<_>>().join(",")
 }
 
-/// The spec for claim `claim_uid` on `node` holding `gpus`.
-pub fn claim_spec(claim_uid: &str, node: &str, gpus: &[&Gpu]) -> Value {
-    let opt = |v: Option<String>| v.unwrap_or_default();
-    let uuids = list(gpus.iter().map(|g| g.uuid.clone()));
+/// The claim's part of env names: its UID with `-` as `_`.
+pub fn claim_key(claim_uid: &str) -> String {
+    claim_uid.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+/// One claim as the spec names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimIdentity<'a> {
+    /// UID.
+    pub uid: &'a str,
+    /// `namespace/name`.
+    pub name: &'a str,
+}
+
+fn spec(kind: &Kind, claim: ClaimIdentity<'_>, node: &str, list_var: &str, devices: Vec<(String, Value)>) -> Value {
+    let key = claim_key(claim.uid);
+    let names = list(devices.iter().map(|(name, _)| name.clone()));
     let env = vec![
-        format!("PHALANX_CLAIM_UID={claim_uid}"),
         format!("PHALANX_NODE_NAME={node}"),
-        format!("PHALANX_GPU_DEVICES={}", list(gpus.iter().map(|g| g.device_name()))),
-        format!("PHALANX_GPU_UUIDS={uuids}"),
-        format!("PHALANX_GPU_INDEXES={}", list(gpus.iter().map(|g| g.index.to_string()))),
-        format!("PHALANX_NVLINK_DOMAINS={}", list(gpus.iter().map(|g| opt(g.nvlink_domain.clone())))),
-        format!("PHALANX_NUMA_NODES={}", list(gpus.iter().map(|g| opt(g.numa_node.map(|n| n.to_string()))))),
-        format!("PHALANX_PCIE_ROOTS={}", list(gpus.iter().map(|g| opt(g.pcie_root.clone())))),
-        format!("NVIDIA_VISIBLE_DEVICES={uuids}"),
+        format!("PHALANX_CLAIM_{key}_NAME={}", claim.name),
+        format!("PHALANX_CLAIM_{key}_{list_var}={names}"),
     ];
-    let devices: Vec<Value> = gpus
+    let devices: Vec<Value> = devices
+        .into_iter()
+        .map(|(name, edits)| json!({ "name": format!("{}-{name}", claim.uid), "containerEdits": edits }))
+        .collect();
+    json!({
+        "cdiVersion": CDI_VERSION,
+        "kind": format!("{}/{}", kind.vendor, kind.class),
+        "devices": devices,
+        "containerEdits": { "env": env },
+    })
+}
+
+/// The GPU spec for `claim` on `node` holding `gpus`.
+pub fn gpu_claim_spec(claim: ClaimIdentity<'_>, node: &str, gpus: &[&Gpu]) -> Value {
+    let devices = gpus
         .iter()
         .map(|g| {
             let i = g.index;
             let mut edits = json!({ "env": [
                 format!("PHALANX_GPU_{i}_UUID={}", g.uuid),
                 format!("PHALANX_GPU_{i}_PCI_BUS_ID={}", g.pci_bus_id),
-                format!("PHALANX_GPU_{i}_PCIE_ROOT={}", opt(g.pcie_root.clone())),
-                format!("PHALANX_GPU_{i}_NUMA_NODE={}", opt(g.numa_node.map(|n| n.to_string()))),
-                format!("PHALANX_GPU_{i}_NVLINK_DOMAIN={}", opt(g.nvlink_domain.clone())),
-                format!("PHALANX_GPU_{i}_NVLINK_ISLAND={}", opt(g.nvlink_island.clone())),
+                format!("PHALANX_GPU_{i}_PCIE_ROOT={}", opt(&g.pcie_root)),
+                format!("PHALANX_GPU_{i}_NUMA_NODE={}", opt(&g.numa_node)),
+                format!("PHALANX_GPU_{i}_NVLINK_DOMAIN={}", opt(&g.nvlink_domain)),
+                format!("PHALANX_GPU_{i}_NVLINK_ISLAND={}", opt(&g.nvlink_island)),
             ] });
             if !g.device_nodes.is_empty() {
                 edits["deviceNodes"] = g.device_nodes.iter().map(|p| json!({ "path": p })).collect();
             }
-            json!({ "name": format!("{claim_uid}-{}", g.device_name()), "containerEdits": edits })
+            (g.device_name(), edits)
         })
         .collect();
-    json!({
-        "cdiVersion": CDI_VERSION,
-        "kind": format!("{VENDOR}/{CLASS}"),
-        "devices": devices,
-        "containerEdits": { "env": env },
-    })
+    spec(&Kind::of(GPU_DRIVER), claim, node, "GPUS", devices)
+}
+
+/// The NIC spec for `claim` on `node` holding `nics`.
+pub fn nic_claim_spec(claim: ClaimIdentity<'_>, node: &str, nics: &[&Nic]) -> Value {
+    let devices = nics
+        .iter()
+        .map(|n| {
+            let i = n.index;
+            let edits = json!({ "env": [
+                format!("PHALANX_NIC_{i}_NAME={}", n.device_name()),
+                format!("PHALANX_NIC_{i}_INTERFACE={}", n.interface_name),
+                format!("PHALANX_NIC_{i}_RDMA_DEVICE={}", n.rdma_device),
+                format!("PHALANX_NIC_{i}_PCI_BUS_ID={}", n.pci_bus_id),
+                format!("PHALANX_NIC_{i}_PCIE_ROOT={}", opt(&n.pcie_root)),
+                format!("PHALANX_NIC_{i}_NUMA_NODE={}", opt(&n.numa_node)),
+                format!("PHALANX_NIC_{i}_ROLE={}", n.role),
+            ] });
+            (n.device_name(), edits)
+        })
+        .collect();
+    spec(&Kind::of(NIC_DRIVER), claim, node, "NICS", devices)
 }
 
 impl CdiWriter {
-    /// Specs go to `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CdiWriter { dir: dir.into() }
+    /// `driver`'s specs go to `dir`.
+    pub fn new(dir: impl Into<PathBuf>, driver: &str) -> Self {
+        CdiWriter { dir: dir.into(), kind: Kind::of(driver) }
+    }
+
+    /// The CDI kind written.
+    pub fn kind(&self) -> &Kind {
+        &self.kind
     }
 
     /// The transient spec file of claim `claim_uid`.
     pub fn spec_path(&self, claim_uid: &str) -> PathBuf {
-        self.dir.join(format!("{VENDOR}-{CLASS}_{claim_uid}.json"))
+        self.dir.join(format!("{}-{}_{claim_uid}.json", self.kind.vendor, self.kind.class))
     }
 
     /// Writes (or rewrites) the spec of a claim, atomically.
@@ -133,40 +204,73 @@ mod tests {
     use super::*;
     use crate::discovery::profile::{Profile, ProfileDiscovery};
     use crate::discovery::{Discovery, NodeContext};
+    use std::collections::BTreeMap;
+
+    fn env_of(spec: &Value) -> Vec<String> {
+        let mut env: Vec<String> = spec["containerEdits"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(spec["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap()))
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        env.sort();
+        env
+    }
 
     #[test]
     fn spec_carries_uuids_indexes_and_topology() {
         let inv =
             ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
         let gpus = [&inv.gpus[1], &inv.gpus[5]];
-        let spec = claim_spec("uid-1", "n", &gpus);
+        let spec = gpu_claim_spec(ClaimIdentity { uid: "uid-1", name: "ns/c" }, "n", &gpus);
         assert_eq!(spec["kind"], "k8s.gpu.phalanx.dev/gpu");
         assert_eq!(spec["devices"][0]["name"], "uid-1-gpu-1");
-        let env: Vec<&str> =
-            spec["containerEdits"]["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(env.contains(&format!("PHALANX_GPU_UUIDS={},{}", inv.gpus[1].uuid, inv.gpus[5].uuid).as_str()));
-        assert!(env.contains(&"PHALANX_GPU_INDEXES=1,5"));
-        assert!(env.contains(&"PHALANX_NUMA_NODES=0,1"));
-        assert!(env.contains(&"PHALANX_PCIE_ROOTS=pci0000:3f,pci0000:bf"));
-        let d1: Vec<&str> = spec["devices"][1]["containerEdits"]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert!(d1.contains(&"PHALANX_GPU_5_NUMA_NODE=1"));
-        assert_eq!(device_id("uid-1", "gpu-1"), "k8s.gpu.phalanx.dev/gpu=uid-1-gpu-1");
+        let env = env_of(&spec);
+        assert!(env.contains(&"PHALANX_CLAIM_UID_1_GPUS=gpu-1,gpu-5".to_owned()), "{env:?}");
+        assert!(env.contains(&"PHALANX_CLAIM_UID_1_NAME=ns/c".to_owned()));
+        assert!(env.contains(&format!("PHALANX_GPU_1_UUID={}", inv.gpus[1].uuid)));
+        assert!(env.contains(&"PHALANX_GPU_5_NUMA_NODE=1".to_owned()));
+        assert!(env.contains(&"PHALANX_GPU_5_PCIE_ROOT=pci0000:bf".to_owned()));
+        assert_eq!(Kind::of(GPU_DRIVER).device_id("uid-1", "gpu-1"), "k8s.gpu.phalanx.dev/gpu=uid-1-gpu-1");
+        assert_eq!(Kind::of(NIC_DRIVER).device_id("u", "nic-0"), "k8s.nic.phalanx.dev/nic=u-nic-0");
+    }
+
+    /// Two claims' specs merged into one container (as CDI merges them) never give one
+    /// name two values.
+    #[test]
+    fn two_claims_in_one_container_do_not_collide() {
+        let inv =
+            ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
+        let a = gpu_claim_spec(ClaimIdentity { uid: "a", name: "ns/a" }, "n", &[&inv.gpus[0], &inv.gpus[1]]);
+        let b = gpu_claim_spec(ClaimIdentity { uid: "b", name: "ns/b" }, "n", &[&inv.gpus[2]]);
+        let nic = nic_claim_spec(ClaimIdentity { uid: "c", name: "ns/c" }, "n", &[&inv.nics[0]]);
+        let mut merged: BTreeMap<String, String> = BTreeMap::new();
+        for entry in [env_of(&a), env_of(&b), env_of(&nic)].concat() {
+            let (k, v) = entry.split_once('=').unwrap();
+            if let Some(old) = merged.insert(k.to_owned(), v.to_owned()) {
+                assert_eq!(old, v, "{k} set to two values");
+            }
+        }
+        let uuids: Vec<&String> = merged.iter().filter(|(k, _)| k.ends_with("_UUID")).map(|(_, v)| v).collect();
+        assert_eq!(uuids.len(), 3, "every GPU of both claims is visible: {merged:?}");
+        assert_eq!(merged["PHALANX_CLAIM_A_GPUS"], "gpu-0,gpu-1");
+        assert_eq!(merged["PHALANX_CLAIM_B_GPUS"], "gpu-2");
+        assert_eq!(merged["PHALANX_CLAIM_C_NICS"], "nic-0");
+        assert_eq!(merged["PHALANX_NIC_0_INTERFACE"], inv.nics[0].interface_name);
     }
 
     #[test]
     fn write_and_remove_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
-        let cdi = CdiWriter::new(dir.path());
+        let cdi = CdiWriter::new(dir.path(), GPU_DRIVER);
         let path = cdi.write("u", &json!({"cdiVersion": CDI_VERSION})).unwrap();
         assert!(path.ends_with("k8s.gpu.phalanx.dev-gpu_u.json"));
         cdi.write("u", &json!({"cdiVersion": CDI_VERSION})).unwrap();
         cdi.remove("u").unwrap();
         assert!(!path.exists());
         cdi.remove("u").unwrap();
+        let nics = CdiWriter::new(dir.path(), NIC_DRIVER);
+        assert!(nics.spec_path("u").ends_with("k8s.nic.phalanx.dev-nic_u.json"));
     }
 }

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
-use crate::cdi::{self, CdiWriter};
+use crate::attributes::NIC_DRIVER;
+use crate::cdi::{self, CdiWriter, ClaimIdentity};
 use crate::checkpoint::{self, Checkpoint, ClaimState, PreparedClaim, PreparedDevice};
 use crate::discovery::NodeInventory;
 
@@ -31,7 +32,7 @@ pub enum Error {
         got: String,
     },
     /// The claim names a device this node does not have.
-    #[error("device {pool}/{device} of claim {claim} is not a GPU of this node ({node})")]
+    #[error("device {pool}/{device} of claim {claim} is not a device of this driver on this node ({node})")]
     UnknownDevice {
         /// Claim.
         claim: String,
@@ -165,7 +166,7 @@ impl NodeState {
         // Group ours by device (one device may serve several requests).
         let mut devices: Vec<PreparedDevice> = Vec::new();
         for r in results.iter().filter(|r| r.driver == self.driver) {
-            if r.pool != self.node || self.inventory.gpu(&r.device).is_none() {
+            if r.pool != self.node || !self.has_device(&r.device) {
                 return Err(Error::UnknownDevice {
                     claim: format!("{}/{}", wanted.namespace, wanted.name),
                     pool: r.pool.clone(),
@@ -180,7 +181,7 @@ impl NodeState {
                     request_names: vec![r.request.clone()],
                     pool_name: r.pool.clone(),
                     device_name: r.device.clone(),
-                    cdi_device_ids: vec![cdi::device_id(&wanted.uid, &r.device)],
+                    cdi_device_ids: vec![self.cdi.kind().device_id(&wanted.uid, &r.device)],
                     admin_access: admin,
                 }),
             }
@@ -204,13 +205,36 @@ impl NodeState {
         self.checkpoint.data.prepared_claims.insert(wanted.uid.clone(), record(ClaimState::PrepareStarted));
         self.checkpoint.save()?;
         if !devices.is_empty() {
-            let gpus: Vec<_> = devices.iter().filter_map(|d| self.inventory.gpu(&d.device_name)).collect();
-            self.cdi.write(&wanted.uid, &cdi::claim_spec(&wanted.uid, &self.node, &gpus))?;
+            let name = format!("{}/{}", wanted.namespace, wanted.name);
+            let identity = ClaimIdentity { uid: &wanted.uid, name: &name };
+            let spec = if self.driver == NIC_DRIVER {
+                let nics: Vec<_> =
+                    devices.iter().filter_map(|d| self.inventory.nics.iter().find(|n| n.device_name() == d.device_name)).collect();
+                cdi::nic_claim_spec(identity, &self.node, &nics)
+            } else {
+                let gpus: Vec<_> = devices.iter().filter_map(|d| self.inventory.gpu(&d.device_name)).collect();
+                cdi::gpu_claim_spec(identity, &self.node, &gpus)
+            };
+            self.cdi.write(&wanted.uid, &spec)?;
         }
         stall_if_asked("prepare-started");
         self.checkpoint.data.prepared_claims.insert(wanted.uid.clone(), record(ClaimState::PrepareCompleted));
         self.checkpoint.save()?;
         Ok(devices)
+    }
+
+    /// Whether this node has `device` under this state's driver.
+    fn has_device(&self, device: &str) -> bool {
+        if self.driver == NIC_DRIVER {
+            self.inventory.nics.iter().any(|n| n.device_name() == device)
+        } else {
+            self.inventory.gpu(device).is_some()
+        }
+    }
+
+    /// The driver whose claims this state prepares.
+    pub fn driver(&self) -> &str {
+        &self.driver
     }
 
     fn holder_of(&self, device: &str, except_uid: &str) -> Option<(String, PreparedClaim)> {
@@ -276,7 +300,7 @@ mod tests {
         let inv =
             ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
         let cp = Checkpoint::load(&dir.join("checkpoint.json"), "boot").unwrap();
-        NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.join("cdi"))).unwrap().0
+        NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.join("cdi"), "gpu.phalanx.dev")).unwrap().0
     }
 
     #[test]
@@ -288,6 +312,22 @@ mod tests {
         assert_eq!(a[0].cdi_device_ids, vec!["k8s.gpu.phalanx.dev/gpu=a-gpu-0"]);
         assert!(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json").exists());
         assert_eq!(s.prepare(&wanted("a"), &claim("a", &["gpu-0", "gpu-1"], false)).unwrap(), a);
+    }
+
+    #[test]
+    fn the_nic_driver_prepares_only_nics() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv =
+            ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
+        let cp = Checkpoint::load(&dir.path().join("nic.json"), "boot").unwrap();
+        let mut s = NodeState::recover(NIC_DRIVER, "n", inv, cp, CdiWriter::new(dir.path().join("cdi"), NIC_DRIVER))
+            .unwrap()
+            .0;
+        let got = s.prepare(&wanted("a"), &claim("a", &["gpu-0"], false)).unwrap();
+        assert_eq!(got.len(), 1, "only the nic.phalanx.dev result: {got:?}");
+        assert_eq!(got[0].cdi_device_ids, vec!["k8s.nic.phalanx.dev/nic=a-nic-0"]);
+        let spec = std::fs::read_to_string(dir.path().join("cdi/k8s.nic.phalanx.dev-nic_a.json")).unwrap();
+        assert!(spec.contains("PHALANX_CLAIM_A_NICS=nic-0"), "{spec}");
     }
 
     #[test]
@@ -340,7 +380,8 @@ mod tests {
         let inv = s.inventory.clone();
         let cp = Checkpoint::load(&dir.path().join("checkpoint.json"), "boot").unwrap();
         let (s2, rec) =
-            NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.path().join("cdi"))).unwrap();
+            NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.path().join("cdi"), "gpu.phalanx.dev"))
+                .unwrap();
         assert_eq!(rec, Recovery { completed: 1, abandoned: vec!["b".into()] });
         assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json").exists());
         assert!(s2.already_prepared("a").is_some());

@@ -143,9 +143,11 @@ async fn setup() -> (TestEnv, Paths) {
     (env, Paths::new())
 }
 
+/// Every env entry of a spec: the spec-wide ones and each device's.
 fn read_env(spec: &Path) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(spec).expect("spec exists")).expect("json");
-    v["containerEdits"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_owned()).collect()
+    let device_env = v["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap());
+    v["containerEdits"]["env"].as_array().unwrap().iter().chain(device_env).map(|e| e.as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test]
@@ -201,12 +203,15 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     // The CDI spec carries UUIDs, indexes and topology; b left nothing behind.
     let env_a = read_env(&paths.cdi_spec(&a));
     let inv = inventory("hgx-h100-8", &phalanx_dra_driver::discovery::NodeContext::named(NODE));
-    assert!(env_a.contains(&format!("PHALANX_GPU_UUIDS={},{}", inv.gpus[0].uuid, inv.gpus[1].uuid)), "{env_a:?}");
-    assert!(env_a.contains(&"PHALANX_GPU_INDEXES=0,1".to_owned()));
-    assert!(env_a.contains(&"PHALANX_PCIE_ROOTS=pci0000:17,pci0000:3f".to_owned()));
-    assert!(env_a.contains(&"PHALANX_NUMA_NODES=0,0".to_owned()));
+    let key = phalanx_dra_driver::cdi::claim_key(&a);
+    assert!(env_a.contains(&format!("PHALANX_CLAIM_{key}_GPUS=gpu-0,gpu-1")), "{env_a:?}");
+    assert!(env_a.contains(&format!("PHALANX_GPU_0_UUID={}", inv.gpus[0].uuid)), "{env_a:?}");
+    assert!(env_a.contains(&format!("PHALANX_GPU_1_UUID={}", inv.gpus[1].uuid)));
+    assert!(env_a.contains(&"PHALANX_GPU_0_PCIE_ROOT=pci0000:17".to_owned()));
+    assert!(env_a.contains(&"PHALANX_GPU_1_PCIE_ROOT=pci0000:3f".to_owned()));
+    assert!(env_a.contains(&"PHALANX_GPU_1_NUMA_NODE=0".to_owned()));
     let domain = inv.gpus[0].nvlink_domain.clone().unwrap();
-    assert!(env_a.contains(&format!("PHALANX_NVLINK_DOMAINS={domain},{domain}")));
+    assert!(env_a.contains(&format!("PHALANX_GPU_0_NVLINK_DOMAIN={domain}")));
     assert!(!paths.cdi_spec(&b).exists());
 
     // Idempotent, and v1beta1 answers the same.

@@ -14,6 +14,7 @@ use kube::{Client, Config};
 
 use crate::Error;
 use crate::binaries::{self, KubeVersion};
+use crate::node::{self, ControlPlane, Network, NodeAssets, RealNode};
 use crate::pki::Pki;
 use crate::process::Component;
 
@@ -59,11 +60,12 @@ pub struct Options {
     controller_manager: bool,
     kwok: bool,
     kube_scheduler: bool,
+    real_nodes: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { features: FeatureSet::Default, controller_manager: true, kwok: true, kube_scheduler: false }
+        Options { features: FeatureSet::Default, controller_manager: true, kwok: true, kube_scheduler: false, real_nodes: 0 }
     }
 }
 
@@ -86,6 +88,15 @@ impl Options {
         self
     }
 
+    /// Also start `n` real nodes (default 0): each a real kubelet and containerd of the
+    /// control plane's release in namespaces of its own, named `real-0`, `real-1`, …,
+    /// Ready before [`TestEnv::start`] returns, with the pause and test images imported
+    /// (see [`crate::node`]). Needs root and `make node-binaries`.
+    pub fn real_nodes(mut self, n: usize) -> Self {
+        self.real_nodes = n;
+        self
+    }
+
     /// Whether to run the upstream kube-scheduler beside us (default: no).
     pub fn kube_scheduler(mut self, on: bool) -> Self {
         self.kube_scheduler = on;
@@ -104,7 +115,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// A running control plane. Dropping it stops every component and removes its
 /// directory (set `PHALANX_TESTENV_KEEP=1` to keep the directory and logs).
 pub struct TestEnv {
-    // Field order is drop order: components stop before the directory goes.
+    // Field order is drop order: real nodes go before the control plane, components
+    // stop before the directory goes.
+    nodes: Vec<RealNode>,
     components: Vec<Component>,
     admin: Client,
     apiserver_url: String,
@@ -141,9 +154,21 @@ impl TestEnv {
         let dir_path = dir.path().to_owned();
         let logs = dir_path.join("logs");
         mkdir(&logs)?;
-        let pki = Pki::generate(&dir_path)?;
+        let real_nodes = match options.real_nodes {
+            0 => None,
+            n => {
+                node::preflight()?;
+                Some((Network::choose(n)?, NodeAssets::locate(&bin)?))
+            }
+        };
+        let host_ips: Vec<_> = match &real_nodes {
+            Some((network, _)) => (0..options.real_nodes).map(|i| network.host_ip(i)).collect(),
+            None => Vec::new(),
+        };
+        let pki = Pki::generate(&dir_path, &host_ips)?;
 
         let mut env = TestEnv {
+            nodes: Vec::new(),
             components: Vec::new(),
             admin: placeholder_client()?,
             apiserver_url: String::new(),
@@ -164,8 +189,23 @@ impl TestEnv {
         env.apiserver_url = format!("https://127.0.0.1:{api_port}");
         let admin_token = random_token();
         let tokens = env.dir_path.join("tokens.csv");
-        write(&tokens, &format!("{admin_token},admin,admin,\"system:masters\"\n"))?;
-        let args = env.apiserver_args(api_port, etcd_port, &tokens);
+        let mut token_lines = format!("{admin_token},admin,admin,\"system:masters\"\n");
+        // Each kubelet authenticates as its Node (user system:node:<name>, group
+        // system:nodes), so the Node authorizer applies to it as in a real cluster.
+        let node_tokens: Vec<(String, String)> =
+            (0..options.real_nodes).map(|i| (format!("real-{i}"), random_token())).collect();
+        for (name, token) in &node_tokens {
+            token_lines.push_str(&format!("{token},system:node:{name},node-{name},\"system:nodes\"\n"));
+        }
+        write(&tokens, &token_lines)?;
+        let mut args = env.apiserver_args(api_port, etcd_port, &tokens);
+        if real_nodes.is_some() {
+            // Kubelets in their own network namespaces reach the apiserver on their veth's
+            // host end; the apiserver reaches them (logs, exec) on their InternalIP.
+            args.retain(|a| !a.starts_with("--bind-address="));
+            args.push("--bind-address=0.0.0.0".into());
+            args.push("--kubelet-preferred-address-types=InternalIP".into());
+        }
         env.spawn(&bin, "kube-apiserver", args, &logs)?;
         write(&env.kubeconfig, &kubeconfig_yaml(&env.apiserver_url, &env.pki.ca_cert, "admin", &admin_token))?;
         env.admin = client_from_kubeconfig(&env.kubeconfig).await?;
@@ -182,6 +222,19 @@ impl TestEnv {
         if options.kube_scheduler {
             let args = env.kube_scheduler_args()?;
             env.spawn(&bin, "kube-scheduler", args, &logs)?;
+        }
+        if let Some((network, assets)) = real_nodes {
+            let control_plane = ControlPlane {
+                api_port,
+                ca_cert: env.pki.ca_cert.clone(),
+                feature_gates: env.features.feature_gates(),
+            };
+            for (i, (name, token)) in node_tokens.iter().enumerate() {
+                let dir = env.dir_path.join("nodes").join(name);
+                let node = RealNode::start(name, i, &dir, &network, &assets, &control_plane, token)?;
+                env.nodes.push(node);
+            }
+            node::wait_all_ready(&mut env.nodes, &env.admin).await?;
         }
         Ok(env)
     }
@@ -232,6 +285,16 @@ impl TestEnv {
         Ok(binaries::bin_dir()?.join(name))
     }
 
+    /// The real nodes (see [`Options::real_nodes`]), in name order.
+    pub fn real_nodes(&self) -> &[RealNode] {
+        &self.nodes
+    }
+
+    /// Real node `i`, to restart its kubelet or run commands in it.
+    pub fn real_node_mut(&mut self, i: usize) -> &mut RealNode {
+        &mut self.nodes[i]
+    }
+
     /// The running components and their process ids.
     pub fn component_pids(&self) -> Vec<(String, u32)> {
         self.components.iter().filter_map(|c| Some((c.name().to_owned(), c.pid()?))).collect()
@@ -239,7 +302,8 @@ impl TestEnv {
 
     /// Fails with the log tail of any component that has exited.
     pub fn check_running(&mut self) -> Result<(), Error> {
-        self.components.iter_mut().try_for_each(Component::check_running)
+        self.components.iter_mut().try_for_each(Component::check_running)?;
+        self.nodes.iter_mut().try_for_each(RealNode::check_running)
     }
 
     /// Requests a token for service account `namespace/name` (creating the namespace
@@ -413,6 +477,12 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
+        if failed {
+            for node in &self.nodes {
+                eprintln!("{}", node.log_tails(60));
+            }
+        }
+        self.nodes.clear();
         for component in self.components.iter_mut().rev() {
             component.stop();
         }

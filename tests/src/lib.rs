@@ -12,6 +12,7 @@ pub mod apply;
 pub mod binaries;
 mod env;
 pub mod fixtures;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod wait;
@@ -19,6 +20,7 @@ pub mod wait;
 use std::path::PathBuf;
 
 pub use binaries::KubeVersion;
+pub use node::{PAUSE_IMAGE, RealNode, TESTBOX_IMAGE};
 pub use env::{FeatureSet, KWOK_NODE_ANNOTATION, KWOK_STAGES, Options, TestEnv};
 
 /// Why the environment could not be started or used.
@@ -73,6 +75,9 @@ pub enum Error {
     /// Talking to the apiserver failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A real node could not be set up or torn down, or this machine cannot run one.
+    #[error("real node: {0}")]
+    RealNode(String),
     /// Building a client from a kubeconfig failed.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),

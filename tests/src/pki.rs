@@ -25,8 +25,9 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Generates fresh keys and certificates into `dir`.
-    pub fn generate(dir: &Path) -> Result<Self, Error> {
+    /// Generates fresh keys and certificates into `dir`; the serving certificate is also
+    /// valid for `extra_ips` (the addresses real nodes reach the apiserver at).
+    pub fn generate(dir: &Path, extra_ips: &[std::net::Ipv4Addr]) -> Result<Self, Error> {
         let pki_err = |e: rcgen::Error| Error::Pki(e.to_string());
 
         let ca_key = KeyPair::generate().map_err(pki_err)?;
@@ -40,12 +41,9 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let serving_key = KeyPair::generate().map_err(pki_err)?;
-        let mut serving_params = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-        ])
-        .map_err(pki_err)?;
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "kubernetes.default.svc".to_owned()];
+        names.extend(extra_ips.iter().map(|ip| ip.to_string()));
+        let mut serving_params = CertificateParams::new(names).map_err(pki_err)?;
         serving_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
         let serving_cert = serving_params.signed_by(&serving_key, &issuer).map_err(pki_err)?;
 

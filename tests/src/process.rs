@@ -31,6 +31,22 @@ impl Component {
         Ok(Component { name: name.to_owned(), child: Some(child), log })
     }
 
+    /// Starts a prepared command (e.g. one run inside a node's namespaces), output to
+    /// `<log_dir>/<name>.log`.
+    pub fn spawn_command(name: &str, mut command: Command, log_dir: &Path) -> Result<Self, Error> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).map_err(|source| Error::Io { path: log.clone(), source })?;
+        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let program = PathBuf::from(command.get_program());
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| Error::Spawn { component: name.to_owned(), binary: program, source })?;
+        Ok(Component { name: name.to_owned(), child: Some(child), log })
+    }
+
     /// The component's name, e.g. `kube-apiserver`.
     pub fn name(&self) -> &str {
         &self.name

@@ -1,5 +1,7 @@
 //! `v1alpha1.DRAResourceHealth`: streams the health of every GPU of the node; each
-//! message is the complete list, sent at once and again on every change.
+//! message is the complete list, sent at once, again on every change, and again every
+//! [`RESEND`] in any case: the kubelet turns a device's health to Unknown once
+//! [`TIMEOUT_SECONDS`] pass after the `last_updated_time` it last heard.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +16,11 @@ use crate::proto::health_v1alpha1::{
     DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest, NodeWatchResourcesResponse,
     dra_resource_health_server::DraResourceHealth,
 };
+
+/// How long the kubelet may trust a report (`health_check_timeout_seconds`).
+pub const TIMEOUT_SECONDS: i64 = 30;
+/// How often the full report is sent again when nothing changed: well inside the timeout.
+pub const RESEND: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The health service.
 #[derive(Clone)]
@@ -55,7 +62,7 @@ impl HealthService {
                     device: Some(DeviceIdentifier { pool_name: self.node.clone(), device_name: name.clone() }),
                     health: if reason.is_some() { HealthStatus::Unhealthy } else { HealthStatus::Healthy } as i32,
                     last_updated_time: now,
-                    health_check_timeout_seconds: 30,
+                    health_check_timeout_seconds: TIMEOUT_SECONDS,
                     message: reason.cloned().unwrap_or_default(),
                 }
             })
@@ -77,15 +84,20 @@ impl DraResourceHealth for HealthService {
         let mut rx = self.faults.clone();
         rx.mark_changed();
         let service = self.clone();
-        let stream = futures::stream::unfold((rx, service), |(mut rx, service)| async move {
+        let mut resend = tokio::time::interval(RESEND);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resend.reset();
+        let stream = futures::stream::unfold((rx, service, resend), |(mut rx, service, mut resend)| async move {
             let mut stop = service.stop.clone();
             tokio::select! {
                 changed = rx.changed() => changed.ok()?,
+                _ = resend.tick() => {}
                 _ = stop.wait_for(|s| *s) => return None,
             }
+            resend.reset();
             let faults = rx.borrow_and_update().clone();
             let message = service.snapshot(&faults).await;
-            Some((Ok(message), (rx, service)))
+            Some((Ok(message), (rx, service, resend)))
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -23,8 +23,18 @@ use crate::prepare::NodeState;
 use crate::proto;
 use crate::uds;
 
-/// The services advertised in `GetInfo`, most preferred first.
+/// The services advertised in `GetInfo`, most preferred first (the health service only
+/// where [`serve`] is given a health source).
 pub const SUPPORTED_SERVICES: [&str; 3] = ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"];
+
+/// What the health service reports: the faults, for the pool named after the node.
+#[derive(Debug, Clone)]
+pub struct HealthSource {
+    /// Current faults.
+    pub faults: watch::Receiver<Faults>,
+    /// The node (= pool) name.
+    pub node: String,
+}
 
 /// Why the plugin could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +85,7 @@ pub async fn serve(
     config: &PluginConfig,
     state: Arc<Mutex<NodeState>>,
     client: kube::Client,
-    faults: watch::Receiver<Faults>,
-    node: String,
+    health: Option<HealthSource>,
     registered: watch::Sender<Option<bool>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -87,13 +96,21 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let dra = dra::DraService::new(state.clone(), client);
-    let health = health::HealthService::new(node, state, faults, stop_rx.clone());
+    let services = if health.is_some() { &SUPPORTED_SERVICES[..] } else { &SUPPORTED_SERVICES[..2] };
+    let health = health.map(|h| {
+        proto::health_v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(health::HealthService::new(
+            h.node,
+            state,
+            h.faults,
+            stop_rx.clone(),
+        ))
+    });
     let registration = registration::RegistrationService::new(
         proto::pluginregistration::PluginInfo {
             r#type: "DRAPlugin".into(),
             name: config.driver.clone(),
             endpoint: service_path.display().to_string(),
-            supported_versions: SUPPORTED_SERVICES.iter().map(|s| s.to_string()).collect(),
+            supported_versions: services.iter().map(|s| s.to_string()).collect(),
         },
         registered,
     );
@@ -108,7 +125,7 @@ pub async fn serve(
     let service_server = tonic::transport::Server::builder()
         .add_service(proto::dra_v1::dra_plugin_server::DraPluginServer::new(dra.clone()))
         .add_service(proto::dra_v1beta1::dra_plugin_server::DraPluginServer::new(dra))
-        .add_service(proto::health_v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(health))
+        .add_optional_service(health)
         .serve_with_incoming_shutdown(UnixListenerStream::new(service_listener), stopped(stop_rx.clone()));
     let registration_server = tonic::transport::Server::builder()
         .add_service(proto::pluginregistration::registration_server::RegistrationServer::new(registration))
