@@ -28,8 +28,10 @@ use serde_json::{Value, json};
 use crate::attributes::{GPU_DRIVER, NIC_DRIVER};
 use crate::discovery::{Gpu, Nic};
 
-/// Lowest CDI version with everything we use.
-pub const CDI_VERSION: &str = "0.3.0";
+/// Lowest CDI version with everything we use: device names start with the claim UID,
+/// which may begin with a digit, and CDI allows that from 0.5.0 on (containerd refuses
+/// the whole spec, "the spec version must be at least v0.5.0", otherwise).
+pub const CDI_VERSION: &str = "0.5.0";
 
 /// Why a spec could not be written or removed.
 #[derive(Debug, thiserror::Error)]

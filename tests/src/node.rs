@@ -44,6 +44,9 @@ pub const TESTBOX_IMAGE: &str = "ghcr.io/phalanx-dev/testbox:1.35.0";
 
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Environment variable set on every process a node starts, naming the node's run-unique id.
+const NODE_MARKER: &str = "PHALANX_REAL_NODE";
+
 /// The addresses of one run's nodes: a /24 of 10.0.0.0/8 not used on this machine;
 /// node `i` gets the /30 at `4i` (host end `.4i+1`, node end `.4i+2`).
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +65,8 @@ impl Network {
         let used = output("ip", &["-4", "-o", "addr", "show"])?;
         for _ in 0..64 {
             let r = RandomState::new().build_hasher().finish();
-            let base = [10, 200 + (r % 50) as u8, (r >> 8) as u8];
+            // 10.200.0.0–10.239.255.255 (pods use 10.244.<node>.0/24 inside each node).
+            let base = [10, 200 + (r % 40) as u8, (r >> 8) as u8];
             let prefix = format!("inet {}.{}.{}.", base[0], base[1], base[2]);
             if !used.contains(&prefix) {
                 return Ok(Network { base, run: (r >> 16) as u16 });
@@ -326,6 +330,9 @@ impl RealNode {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--target={}", self.holder_pid())).args(["--mount", "--net", "--"]).arg(program);
         cmd.env("PATH", path_with(&self.assets.bin));
+        // Inherited by everything containerd starts (shims run in namespaces of their own,
+        // re-parented to init): teardown finds them by it.
+        cmd.env(NODE_MARKER, self.cgroup_root());
         cmd
     }
 
@@ -678,6 +685,7 @@ evictionHard:
         let Some(holder) = self.holder.as_ref().map(Child::id) else { return pids };
         let mnt = std::fs::read_link(format!("/proc/{holder}/ns/mnt")).ok();
         let net = std::fs::read_link(format!("/proc/{holder}/ns/net")).ok();
+        let marker = format!("{NODE_MARKER}={}", self.cgroup_root()).into_bytes();
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
                 let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -687,7 +695,11 @@ evictionHard:
                 let same = |ns: &str, want: &Option<PathBuf>| {
                     want.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok() == *want
                 };
-                if same("mnt", &mnt) || same("net", &net) {
+                let marked = || {
+                    std::fs::read(format!("/proc/{pid}/environ"))
+                        .is_ok_and(|env| env.split(|b| *b == 0).any(|entry| entry == marker.as_slice()))
+                };
+                if same("mnt", &mnt) || same("net", &net) || marked() {
                     pids.push(pid);
                 }
             }

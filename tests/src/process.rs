@@ -31,11 +31,15 @@ impl Component {
         Ok(Component { name: name.to_owned(), child: Some(child), log })
     }
 
-    /// Starts a prepared command (e.g. one run inside a node's namespaces), output to
-    /// `<log_dir>/<name>.log`.
+    /// Starts a prepared command (e.g. one run inside a node's namespaces), output
+    /// appended to `<log_dir>/<name>.log` (a restarted component keeps its earlier log).
     pub fn spawn_command(name: &str, mut command: Command, log_dir: &Path) -> Result<Self, Error> {
         let log = log_dir.join(format!("{name}.log"));
-        let out = File::create(&log).map_err(|source| Error::Io { path: log.clone(), source })?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| Error::Io { path: log.clone(), source })?;
         let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
         let program = PathBuf::from(command.get_program());
         let child = command

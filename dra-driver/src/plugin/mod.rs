@@ -7,6 +7,7 @@
 //!
 //! The service impls are thin: they convert messages and call [`crate::prepare`].
 
+pub mod authority;
 pub mod dra;
 pub mod health;
 pub mod registration;
@@ -129,7 +130,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(service_listener), stopped(stop_rx.clone()));
     let registration_server = tonic::transport::Server::builder()
         .add_service(proto::pluginregistration::registration_server::RegistrationServer::new(registration))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(registration_listener), stopped(stop_rx));
+        // The kubelet's registration client sends an authority h2 refuses: see `authority`.
+        .serve_with_incoming_shutdown(authority::incoming(registration_listener), stopped(stop_rx));
     let (a, b) = tokio::join!(service_server, registration_server);
     let _ = std::fs::remove_file(&registration_path);
     let _ = std::fs::remove_file(&service_path);

@@ -34,9 +34,9 @@ impl Registration for RegistrationService {
     ) -> Result<Response<RegistrationStatusResponse>, Status> {
         let status = request.into_inner();
         if status.plugin_registered {
-            tracing::info!("kubelet registered the plugin");
+            tracing::info!(driver = self.info.name, "kubelet registered the plugin");
         } else {
-            tracing::error!(error = status.error, "kubelet rejected the plugin registration");
+            tracing::error!(driver = self.info.name, error = status.error, "kubelet rejected the plugin registration");
         }
         // When rejected, the agent shuts the servers down after this answer is sent.
         let _ = self.registered.send(Some(status.plugin_registered));

@@ -30,6 +30,10 @@ enum Command {
         /// Do not run kwok.
         #[arg(long)]
         no_kwok: bool,
+        /// Also start N real nodes (`real-0`, …): a real kubelet and containerd each, in
+        /// namespaces of their own (needs root and `make node-binaries`).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        real_nodes: usize,
         /// Also copy the admin kubeconfig to this path once the apiserver is ready.
         #[arg(long)]
         write_kubeconfig: Option<PathBuf>,
@@ -49,18 +53,27 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", phalanx_testenv::binaries::bin_dir()?.display());
             Ok(())
         }
-        Command::Up { alpha, beta, kube_scheduler, no_kwok, write_kubeconfig } => {
+        Command::Up { alpha, beta, kube_scheduler, no_kwok, real_nodes, write_kubeconfig } => {
             let features = match (alpha, beta) {
                 (true, _) => FeatureSet::Alpha,
                 (_, true) => FeatureSet::Beta,
                 _ => FeatureSet::Default,
             };
-            let options = Options::default().features(features).kube_scheduler(kube_scheduler).kwok(!no_kwok);
+            let options = Options::default().features(features).kube_scheduler(kube_scheduler).kwok(!no_kwok).real_nodes(real_nodes);
             let mut env = TestEnv::start(options).await.context("starting the control plane")?;
             if let Some(path) = write_kubeconfig {
                 std::fs::copy(env.kubeconfig_path(), &path).with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{}", env.kubeconfig_path().display());
+            for node in env.real_nodes() {
+                eprintln!(
+                    "real node {} ({}) Ready; kubelet root {}, CDI dir {}",
+                    node.name(),
+                    node.ip(),
+                    node.kubelet_root().display(),
+                    node.cdi_dir().display()
+                );
+            }
             eprintln!(
                 "control plane up at {}; logs in {}; Ctrl-C stops it",
                 env.apiserver_url(),

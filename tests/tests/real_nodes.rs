@@ -1,0 +1,489 @@
+//! Real nodes: Phalanx's scheduler places pods on real kubelets, our DRA driver is the
+//! kubelet plugin that prepares their claims, containerd reads the CDI specs, and the
+//! containers print what they got. The scheduler and the driver run as the binaries
+//! users deploy (`target/<profile>/phalanx-scheduler`, `phalanx-dra-driver`).
+//!
+//! Needs root and `make node-binaries` (see `docs/real-nodes.md`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceClaimTemplate, ResourceSlice};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::{Client, ResourceExt};
+use phalanx_testenv::{Options, RealNode, TESTBOX_IMAGE, TestEnv, wait};
+use serde_json::json;
+
+const NS: &str = "default";
+const TIMEOUT: Duration = Duration::from_secs(90);
+const PROFILE: &str = "hgx-h100-8";
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object matches the API type")
+}
+
+/// A binary of this workspace, built next to the test binary (`cargo build`/nextest).
+fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: build the workspace first (`cargo build --workspace`)", path.display());
+    path
+}
+
+/// A host process with its output in a log file, killed on drop.
+struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Process {
+        let out = File::options().create(true).append(true).open(&log).expect("log file");
+        let err = out.try_clone().unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
+        Process { name: name.into(), child: Some(child), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!("{} exited ({status}):\n{}", self.name, self.log());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("----- {} ({}) -----", self.name, self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// `phalanx-dra-driver run` on the host for one real node: registers with that node's
+/// kubelet through its plugin directory and writes CDI specs where its containerd reads.
+struct Driver {
+    process: Process,
+    node: String,
+    kubelet_root: PathBuf,
+    cdi: PathBuf,
+    faults: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Driver {
+    fn start(env: &TestEnv, node: &RealNode) -> Driver {
+        let faults = node.dir().join("faults");
+        std::fs::write(&faults, "").unwrap();
+        let mut driver = Driver {
+            process: Process { name: String::new(), child: None, log: node.dir().join("driver.log") },
+            node: node.name().to_owned(),
+            kubelet_root: node.kubelet_root(),
+            cdi: node.cdi_dir(),
+            faults,
+            kubeconfig: env.kubeconfig_path().to_owned(),
+        };
+        driver.spawn();
+        driver
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(workspace_binary("phalanx-dra-driver"));
+        cmd.args(["run", "--node-name", &self.node, "--profile", PROFILE, "--fault-poll-ms", "100"])
+            .arg("--kubelet-root")
+            .arg(&self.kubelet_root)
+            .arg("--cdi-root")
+            .arg(&self.cdi)
+            .arg("--fault-file")
+            .arg(&self.faults)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", std::env::var("PHALANX_DRIVER_LOG").unwrap_or_else(|_| "info".into()));
+        let log = self.process.log.clone();
+        self.process = Process::spawn(&format!("phalanx-dra-driver {}", self.node), cmd, log);
+    }
+
+    /// How many times the kubelet has confirmed a registration of `driver` so far.
+    fn registrations(&self, driver: &str) -> usize {
+        self.process.log().lines().filter(|l| l.contains("kubelet registered the plugin") && l.contains(driver)).count()
+    }
+
+    async fn wait_registered(&mut self, driver: &str, at_least: usize) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.registrations(driver) < at_least {
+            self.process.assert_running();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not registered with the kubelet of {} ({at_least}×) after {TIMEOUT:?}",
+                driver,
+                self.node
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn scheduler(env: &TestEnv) -> Process {
+    let mut cmd = Command::new(workspace_binary("phalanx-scheduler"));
+    cmd.args(["run", "--no-leader-election", "--bind-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", env.kubeconfig_path())
+        .env("RUST_LOG", "info");
+    Process::spawn("phalanx-scheduler", cmd, env.dir().join("logs/phalanx-scheduler.log"))
+}
+
+async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
+    let env = TestEnv::start(Options::default().real_nodes(nodes)).await.expect("control plane with real nodes");
+    let client = env.client();
+    let classes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dra-driver/deviceclasses.yaml");
+    phalanx_testenv::apply::apply_file(&client, &classes).await.unwrap();
+    for (name, class, count) in [("one-gpu", "gpu.phalanx.dev", 1), ("eight-gpus", "gpu.phalanx.dev", 8), ("one-nic", "nic.phalanx.dev", 1)]
+    {
+        let template: ResourceClaimTemplate = from_json(json!({
+            "metadata": { "name": name },
+            "spec": { "spec": { "devices": { "requests": [
+                { "name": "dev", "exactly": { "deviceClassName": class, "count": count } }
+            ] } } }
+        }));
+        Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS).create(&PostParams::default(), &template).await.unwrap();
+    }
+    let mut drivers: Vec<Driver> = env.real_nodes().iter().map(|n| Driver::start(&env, n)).collect();
+    for d in &mut drivers {
+        d.wait_registered("gpu.phalanx.dev", 1).await;
+        d.wait_registered("nic.phalanx.dev", 1).await;
+    }
+    let scheduler = scheduler(&env);
+    (env, drivers, scheduler)
+}
+
+/// A pod of the test image that prints its `PHALANX_` environment, then sleeps.
+async fn create_pod(client: &Client, name: &str, claims: &[(&str, &str)], extra: serde_json::Value) {
+    let resource_claims: Vec<_> =
+        claims.iter().map(|(claim, template)| json!({ "name": claim, "resourceClaimTemplateName": template })).collect();
+    let uses: Vec<_> = claims.iter().map(|(claim, _)| json!({ "name": claim })).collect();
+    let mut pod = json!({
+        "metadata": { "name": name, "labels": {}, "annotations": {} },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "terminationGracePeriodSeconds": 1,
+            "resourceClaims": resource_claims,
+            "containers": [{
+                "name": "main", "image": TESTBOX_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "env | grep ^PHALANX_ | sort; echo READY; exec sleep 3600"],
+                "resources": { "claims": uses }
+            }]
+        }
+    });
+    merge(&mut pod, extra);
+    Api::<Pod>::namespaced(client.clone(), NS).create(&PostParams::default(), &from_json(pod)).await.unwrap();
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn running(p: Option<&Pod>) -> bool {
+    p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+async fn wait_running(client: &Client, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    wait::until(&pods, name, TIMEOUT, "Running", running).await
+}
+
+/// The container's `PHALANX_` environment, as it printed it.
+async fn container_env(client: &Client, name: &str) -> BTreeMap<String, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let log = wait::poll(TIMEOUT, &format!("{name} printing its environment"), || async {
+        pods.logs(name, &LogParams::default()).await.ok().filter(|l| l.contains("READY"))
+    })
+    .await;
+    log.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// The claims of a pod (name in the pod spec → ResourceClaim).
+async fn claims_of(client: &Client, pod: &Pod) -> BTreeMap<String, ResourceClaim> {
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let mut out = BTreeMap::new();
+    for status in pod.status.as_ref().and_then(|s| s.resource_claim_statuses.clone()).unwrap_or_default() {
+        let claim = claims.get(status.resource_claim_name.as_deref().unwrap()).await.unwrap();
+        out.insert(status.name, claim);
+    }
+    out
+}
+
+/// `(driver, pool, device)` of a claim's allocation.
+fn allocated(claim: &ResourceClaim) -> Vec<(String, String, String)> {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.allocation.as_ref())
+        .and_then(|a| a.devices.as_ref())
+        .and_then(|d| d.results.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.driver, r.pool, r.device))
+        .collect()
+}
+
+/// The published string attribute `attr` of `driver`'s device `device` in pool `pool`.
+async fn slice_attribute(client: &Client, driver: &str, pool: &str, device: &str, attr: &str) -> String {
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    for slice in slices.list(&ListParams::default()).await.unwrap() {
+        if slice.spec.driver != driver || slice.spec.pool.name != pool {
+            continue;
+        }
+        for d in slice.spec.devices.unwrap_or_default() {
+            if d.name == device {
+                let attrs = d.attributes.unwrap_or_default();
+                let key = format!("{driver}/{attr}");
+                let value = attrs.get(&key).or_else(|| attrs.get(attr)).and_then(|a| a.string.clone());
+                return value.unwrap_or_else(|| panic!("{pool}/{device} has no {attr}"));
+            }
+        }
+    }
+    panic!("no published device {driver} {pool}/{device}")
+}
+
+/// The GPU UUIDs a container sees (`PHALANX_GPU_<i>_UUID`).
+fn seen_uuids(env: &BTreeMap<String, String>) -> BTreeSet<String> {
+    env.iter().filter(|(k, _)| k.starts_with("PHALANX_GPU_") && k.ends_with("_UUID")).map(|(_, v)| v.clone()).collect()
+}
+
+/// The UUIDs the claims' allocations name, read from the published slices.
+async fn allocated_uuids(client: &Client, claims: &BTreeMap<String, ResourceClaim>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for claim in claims.values() {
+        for (driver, pool, device) in allocated(claim) {
+            if driver == "gpu.phalanx.dev" {
+                out.insert(slice_attribute(client, &driver, &pool, &device, "uuid").await);
+            }
+        }
+    }
+    out
+}
+
+fn cdi_files(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("bound")
+}
+
+async fn delete_and_wait_gone(client: &Client, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.delete(name, &DeleteParams::default()).await.unwrap();
+    wait::poll(TIMEOUT, &format!("pod {name} gone"), || async {
+        matches!(pods.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+/// The whole path on real nodes, in one environment (two real nodes) to keep the cost
+/// down: placement → kubelet → our plugin → CDI → containerd → the container's env;
+/// unprepare on deletion; a gang across both nodes; the driver killed under a running
+/// pod; the kubelet restarted.
+#[tokio::test]
+async fn pods_run_on_real_nodes_with_exactly_the_devices_phalanx_allocated() {
+    let (mut env, mut drivers, mut scheduler) = setup(2).await;
+    let client = env.client();
+
+    // One container, two GPU claims and a NIC claim of our drivers.
+    create_pod(&client, "solo", &[("a", "one-gpu"), ("b", "one-gpu"), ("nic", "one-nic")], json!({})).await;
+    let solo = wait_running(&client, "solo").await;
+    let env_vars = container_env(&client, "solo").await;
+    let claims = claims_of(&client, &solo).await;
+    assert_eq!(claims.len(), 3);
+    let want = allocated_uuids(&client, &claims).await;
+    assert_eq!(want.len(), 2, "two claims of one GPU each: {claims:#?}");
+    assert_eq!(seen_uuids(&env_vars), want, "the container sees exactly its claims' GPUs: {env_vars:#?}");
+    for (name, claim) in &claims {
+        let key = phalanx_dra_driver_claim_key(&claim.uid().unwrap());
+        let devices: Vec<String> = allocated(claim).into_iter().map(|(_, _, d)| d).collect();
+        let var = if name == "nic" { "NICS" } else { "GPUS" };
+        assert_eq!(env_vars.get(&format!("PHALANX_CLAIM_{key}_{var}")), Some(&devices.join(",")), "{env_vars:#?}");
+    }
+    let nic = &allocated(&claims["nic"])[0];
+    let index = nic.2.trim_start_matches("nic-");
+    assert_eq!(
+        env_vars.get(&format!("PHALANX_NIC_{index}_INTERFACE")),
+        Some(&slice_attribute(&client, "nic.phalanx.dev", &nic.1, &nic.2, "interfaceName").await),
+        "{env_vars:#?}"
+    );
+    assert_eq!(env_vars.get("PHALANX_NODE_NAME"), Some(&node_of(&solo)));
+
+    // Deleting the pod unprepares its claims: the CDI specs go.
+    let node = env.real_nodes().iter().find(|n| n.name() == node_of(&solo)).unwrap();
+    let uids: Vec<String> = claims.values().map(|c| c.uid().unwrap()).collect();
+    assert_eq!(cdi_files(&node.cdi_dir()).iter().filter(|f| uids.iter().any(|u| f.contains(u.as_str()))).count(), 3);
+    delete_and_wait_gone(&client, "solo").await;
+    wait::poll(TIMEOUT, "the CDI specs of solo's claims removed", || async {
+        let left = cdi_files(&node.cdi_dir());
+        (!left.iter().any(|f| uids.iter().any(|u| f.contains(u.as_str())))).then_some(())
+    })
+    .await;
+
+    // A gang of two 8-GPU pods: one per real node, both running.
+    for i in 0..2 {
+        let gang = json!({ "metadata": {
+            "labels": { "phalanx.dev/gang": "pair" }, "annotations": { "phalanx.dev/gang-min-members": "2" } } });
+        create_pod(&client, &format!("pair-{i}"), &[("gpus", "eight-gpus")], gang).await;
+    }
+    let mut nodes = BTreeSet::new();
+    for i in 0..2 {
+        let name = format!("pair-{i}");
+        let pod = wait_running(&client, &name).await;
+        nodes.insert(node_of(&pod));
+        let seen = seen_uuids(&container_env(&client, &name).await);
+        assert_eq!(seen.len(), 8);
+        assert_eq!(seen, allocated_uuids(&client, &claims_of(&client, &pod).await).await);
+    }
+    assert_eq!(nodes.len(), 2, "the gang spans both real nodes");
+
+    // The driver of real-0 dies under a running pod: the pod keeps running; the
+    // restarted driver prepares the next pod.
+    drivers[0].process.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let on_0 = if node_of(&pods.get("pair-0").await.unwrap()) == "real-0" { "pair-0" } else { "pair-1" };
+    let pod = pods.get(on_0).await.unwrap();
+    assert!(running(Some(&pod)), "{pod:#?}");
+    let restarts = pod.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0);
+    drivers[0].spawn();
+    drivers[0].wait_registered("gpu.phalanx.dev", 2).await;
+    delete_and_wait_gone(&client, "pair-0").await;
+    delete_and_wait_gone(&client, "pair-1").await;
+    let pin = |node: &str| json!({ "spec": { "nodeSelector": { "kubernetes.io/hostname": node } } });
+    create_pod(&client, "after-driver-restart", &[("gpu", "one-gpu")], pin("real-0")).await;
+    let pod = wait_running(&client, "after-driver-restart").await;
+    assert_eq!(node_of(&pod), "real-0");
+    assert_eq!(seen_uuids(&container_env(&client, "after-driver-restart").await).len(), 1);
+
+    // The kubelet of real-1 restarts. A starting kubelet deletes every ResourceSlice of
+    // its node (no driver has registered yet, `DRAPluginManager` in pkg/kubelet/cm/dra):
+    // the plugin must register again and the driver publish the same devices again.
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    let devices_of_node = |node: &'static str| {
+        let slices = slices.clone();
+        async move {
+            let mut out: Vec<(String, String, String)> = Vec::new();
+            for s in slices.list(&ListParams::default()).await.unwrap() {
+                if s.spec.node_name.as_deref() != Some(node) {
+                    continue;
+                }
+                for d in s.spec.devices.clone().unwrap_or_default() {
+                    let uuid = d.attributes.unwrap_or_default().get("uuid").and_then(|a| a.string.clone());
+                    out.push((s.spec.driver.clone(), d.name, uuid.unwrap_or_default()));
+                }
+            }
+            out.sort();
+            out
+        }
+    };
+    let before = devices_of_node("real-1").await;
+    assert_eq!(before.iter().filter(|(d, _, _)| d == "gpu.phalanx.dev").count(), 8, "{before:?}");
+    let registered = drivers[1].registrations("gpu.phalanx.dev");
+    env.real_node_mut(1).restart_kubelet().expect("kubelet restarted");
+    let restarted = tokio::time::Instant::now();
+    drivers[1].wait_registered("gpu.phalanx.dev", registered + 1).await;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    wait::until(&nodes_api, "real-1", TIMEOUT, "Ready again", |n: Option<&Node>| {
+        n.and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await;
+    wait::poll(TIMEOUT, "real-1's devices published again after the kubelet's restart", || async {
+        (devices_of_node("real-1").await == before).then_some(())
+    })
+    .await;
+    eprintln!("kubelet restart: plugin registered and slices back after {:?}", restarted.elapsed());
+    create_pod(&client, "after-kubelet-restart", &[("gpu", "one-gpu")], pin("real-1")).await;
+    wait_running(&client, "after-kubelet-restart").await;
+    assert_eq!(seen_uuids(&container_env(&client, "after-kubelet-restart").await).len(), 1);
+    scheduler.assert_running();
+    for d in &mut drivers {
+        d.process.assert_running();
+    }
+}
+
+/// `allocatedResourcesStatus` on the pod comes from our health stream through the real
+/// kubelet: Healthy for over two minutes (the kubelet's report timeout is 30 s, so the
+/// stream must keep reporting), then Unhealthy once a fault is injected.
+#[tokio::test]
+async fn device_health_reaches_the_pod_status_and_stays_fresh() {
+    let (env, drivers, _scheduler) = setup(1).await;
+    let client = env.client();
+    create_pod(&client, "watched", &[("gpu", "one-gpu")], json!({})).await;
+    let pod = wait_running(&client, "watched").await;
+    let claims = claims_of(&client, &pod).await;
+    let (_, _, device) = allocated(&claims["gpu"])[0].clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let health = |pod: &Pod| -> Vec<String> {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c.allocated_resources_status.clone().unwrap_or_default())
+            .flat_map(|s| s.resources.unwrap_or_default())
+            .filter(|r| r.resource_id.ends_with(&format!("/{device}")))
+            .map(|r| r.health.unwrap_or_default())
+            .collect()
+    };
+    wait::poll(TIMEOUT, "allocatedResourcesStatus Healthy", || async {
+        let pod = pods.get("watched").await.ok()?;
+        (health(&pod) == ["Healthy"]).then_some(())
+    })
+    .await;
+    // Well past the kubelet's 30 s timeout, checked every 5 s.
+    let until = tokio::time::Instant::now() + Duration::from_secs(125);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pod = pods.get("watched").await.unwrap();
+        assert_eq!(health(&pod), ["Healthy"], "{:#?}", pod.status);
+    }
+    std::fs::write(&drivers[0].faults, format!("{device} XID 79 (fallen off the bus)\n")).unwrap();
+    wait::poll(TIMEOUT, "allocatedResourcesStatus Unhealthy after the fault", || async {
+        let pod = pods.get("watched").await.ok()?;
+        (health(&pod) == ["Unhealthy"]).then_some(())
+    })
+    .await;
+}
+
+/// The claim's part of CDI env names, as the driver documents it: the UID upper-cased,
+/// anything else than letters and digits as `_`.
+fn phalanx_dra_driver_claim_key(uid: &str) -> String {
+    uid.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
