@@ -33,6 +33,11 @@ node-binaries: ## Build (or reuse) what real test nodes run: the kubelet, contai
 	@bash hack/envtest/build.sh kubelet >/dev/null
 	@bash hack/node/build.sh --versions
 
+.PHONY: images
+images: ## Build the images as OCI archives without Docker: pause + testbox (cached), and phalanx-scheduler, -dra-driver, -worker (static musl) into target/images
+	@bash hack/images/build.sh base >/dev/null
+	@bash hack/images/build.sh phalanx
+
 .PHONY: fmt-check
 fmt-check: tools
 	$(CARGO) fmt --all -- --check
@@ -46,8 +51,10 @@ build:
 	$(CARGO) build --workspace --all-targets --locked
 
 .PHONY: test
-test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, all tests against the real control plane
-	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
+test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, all tests against the real control plane (kwok and real nodes)
+	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh kubelet --versions)" && export PHALANX_ENVTEST_BIN && \
+	  PHALANX_NODE_BIN="$$(bash hack/node/build.sh --versions)" && export PHALANX_NODE_BIN && \
+	  PHALANX_IMAGES="$$(bash hack/images/build.sh base)" && export PHALANX_IMAGES && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
 .PHONY: test-compat

@@ -458,7 +458,7 @@ async fn device_health_reaches_the_pod_status_and_stays_fresh() {
             .flatten()
             .flat_map(|c| c.allocated_resources_status.clone().unwrap_or_default())
             .flat_map(|s| s.resources.unwrap_or_default())
-            .filter(|r| r.resource_id.ends_with(&format!("/{device}")))
+            .filter(|r| r.resource_id.ends_with(&format!("-{device}")))
             .map(|r| r.health.unwrap_or_default())
             .collect()
     };
@@ -474,12 +474,16 @@ async fn device_health_reaches_the_pod_status_and_stays_fresh() {
         let pod = pods.get("watched").await.unwrap();
         assert_eq!(health(&pod), ["Healthy"], "{:#?}", pod.status);
     }
-    std::fs::write(&drivers[0].faults, format!("{device} XID 79 (fallen off the bus)\n")).unwrap();
-    wait::poll(TIMEOUT, "allocatedResourcesStatus Unhealthy after the fault", || async {
+    // `<device> <reason>`: the reason is one word.
+    std::fs::write(&drivers[0].faults, format!("{device} XID-79-fallen-off-the-bus\n")).unwrap();
+    let pod = wait::poll(TIMEOUT, "allocatedResourcesStatus Unhealthy after the fault", || async {
         let pod = pods.get("watched").await.ok()?;
-        (health(&pod) == ["Unhealthy"]).then_some(())
+        (health(&pod) == ["Unhealthy"]).then_some(pod)
     })
     .await;
+    // The driver's reason reaches the pod (ResourceHealthStatusMessage, beta and on).
+    let text = serde_json::to_string(&pod.status).unwrap();
+    assert!(text.contains("XID-79-fallen-off-the-bus"), "{text}");
 }
 
 /// The claim's part of CDI env names, as the driver documents it: the UID upper-cased,
