@@ -73,8 +73,13 @@ async fn main() -> anyhow::Result<()> {
     let config = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: dir.path().join("kubelet") };
     let inventory = ProfileDiscovery::new(Profile::load("hgx-h100-8")?).discover(&NodeContext::named(NODE))?;
     let checkpoint = Checkpoint::load(&config.plugin_dir().join("checkpoint.json"), "bench")?;
-    let (state, _) =
-        NodeState::recover(GPU_DRIVER, NODE, inventory, checkpoint, CdiWriter::new(dir.path().join("cdi"), GPU_DRIVER))?;
+    let (state, _) = NodeState::recover(
+        GPU_DRIVER,
+        NODE,
+        inventory,
+        checkpoint,
+        CdiWriter::new(dir.path().join("cdi"), GPU_DRIVER),
+    )?;
     let (_faults_tx, faults_rx) = watch::channel(Faults::default());
     let (registered, _) = watch::channel(None);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

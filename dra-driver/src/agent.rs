@@ -217,9 +217,8 @@ pub async fn run(
             let refused = |mut rx: watch::Receiver<Option<bool>>| async move {
                 let _ = rx.wait_for(|r| *r == Some(false)).await;
             };
-            let nic_refused = async move {
-                if watching_nics { refused(nic_registered).await } else { std::future::pending().await }
-            };
+            let nic_refused =
+                async move { if watching_nics { refused(nic_registered).await } else { std::future::pending().await } };
             tokio::select! {
                 _ = shutdown => {}
                 _ = refused(gpu_registered) => rejected.store(true, std::sync::atomic::Ordering::SeqCst),

@@ -213,7 +213,9 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .chain(spec["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap()))
+            .chain(
+                spec["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap()),
+            )
             .map(|v| v.as_str().unwrap().to_owned())
             .collect();
         env.sort();

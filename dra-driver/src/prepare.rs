@@ -208,8 +208,10 @@ impl NodeState {
             let name = format!("{}/{}", wanted.namespace, wanted.name);
             let identity = ClaimIdentity { uid: &wanted.uid, name: &name };
             let spec = if self.driver == NIC_DRIVER {
-                let nics: Vec<_> =
-                    devices.iter().filter_map(|d| self.inventory.nics.iter().find(|n| n.device_name() == d.device_name)).collect();
+                let nics: Vec<_> = devices
+                    .iter()
+                    .filter_map(|d| self.inventory.nics.iter().find(|n| n.device_name() == d.device_name))
+                    .collect();
                 cdi::nic_claim_spec(identity, &self.node, &nics)
             } else {
                 let gpus: Vec<_> = devices.iter().filter_map(|d| self.inventory.gpu(&d.device_name)).collect();
@@ -300,7 +302,9 @@ mod tests {
         let inv =
             ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
         let cp = Checkpoint::load(&dir.join("checkpoint.json"), "boot").unwrap();
-        NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.join("cdi"), "gpu.phalanx.dev")).unwrap().0
+        NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.join("cdi"), "gpu.phalanx.dev"))
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -320,9 +324,8 @@ mod tests {
         let inv =
             ProfileDiscovery::new(Profile::load("hgx-h100-8").unwrap()).discover(&NodeContext::named("n")).unwrap();
         let cp = Checkpoint::load(&dir.path().join("nic.json"), "boot").unwrap();
-        let mut s = NodeState::recover(NIC_DRIVER, "n", inv, cp, CdiWriter::new(dir.path().join("cdi"), NIC_DRIVER))
-            .unwrap()
-            .0;
+        let mut s =
+            NodeState::recover(NIC_DRIVER, "n", inv, cp, CdiWriter::new(dir.path().join("cdi"), NIC_DRIVER)).unwrap().0;
         let got = s.prepare(&wanted("a"), &claim("a", &["gpu-0"], false)).unwrap();
         assert_eq!(got.len(), 1, "only the nic.phalanx.dev result: {got:?}");
         assert_eq!(got[0].cdi_device_ids, vec!["k8s.nic.phalanx.dev/nic=a-nic-0"]);
@@ -379,9 +382,14 @@ mod tests {
         std::fs::write(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json"), "{").unwrap();
         let inv = s.inventory.clone();
         let cp = Checkpoint::load(&dir.path().join("checkpoint.json"), "boot").unwrap();
-        let (s2, rec) =
-            NodeState::recover("gpu.phalanx.dev", "n", inv, cp, CdiWriter::new(dir.path().join("cdi"), "gpu.phalanx.dev"))
-                .unwrap();
+        let (s2, rec) = NodeState::recover(
+            "gpu.phalanx.dev",
+            "n",
+            inv,
+            cp,
+            CdiWriter::new(dir.path().join("cdi"), "gpu.phalanx.dev"),
+        )
+        .unwrap();
         assert_eq!(rec, Recovery { completed: 1, abandoned: vec!["b".into()] });
         assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json").exists());
         assert!(s2.already_prepared("a").is_some());

@@ -146,8 +146,15 @@ async fn setup() -> (TestEnv, Paths) {
 /// Every env entry of a spec: the spec-wide ones and each device's.
 fn read_env(spec: &Path) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(spec).expect("spec exists")).expect("json");
-    let device_env = v["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap());
-    v["containerEdits"]["env"].as_array().unwrap().iter().chain(device_env).map(|e| e.as_str().unwrap().to_owned()).collect()
+    let device_env =
+        v["devices"].as_array().unwrap().iter().flat_map(|d| d["containerEdits"]["env"].as_array().unwrap());
+    v["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(device_env)
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]

@@ -65,7 +65,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { features: FeatureSet::Default, controller_manager: true, kwok: true, kube_scheduler: false, real_nodes: 0 }
+        Options {
+            features: FeatureSet::Default,
+            controller_manager: true,
+            kwok: true,
+            kube_scheduler: false,
+            real_nodes: 0,
+        }
     }
 }
 

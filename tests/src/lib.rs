@@ -20,8 +20,8 @@ pub mod wait;
 use std::path::PathBuf;
 
 pub use binaries::KubeVersion;
-pub use node::{PAUSE_IMAGE, RealNode, TESTBOX_IMAGE};
 pub use env::{FeatureSet, KWOK_NODE_ANNOTATION, KWOK_STAGES, Options, TestEnv};
+pub use node::{PAUSE_IMAGE, RealNode, TESTBOX_IMAGE};
 
 /// Why the environment could not be started or used.
 #[derive(Debug, thiserror::Error)]

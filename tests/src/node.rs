@@ -90,12 +90,13 @@ impl Network {
 pub fn preflight() -> Result<(), Error> {
     let fail = |what: String| Err(Error::RealNode(what));
     // /proc/self is owned by the effective user.
-    let euid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").map_err(|source| Error::Io {
-        path: "/proc/self".into(),
-        source,
-    })?);
+    let euid = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata("/proc/self").map_err(|source| Error::Io { path: "/proc/self".into(), source })?,
+    );
     if euid != 0 {
-        return fail("real nodes need root (kubelet, containerd and runc create namespaces, mounts and cgroups)".into());
+        return fail(
+            "real nodes need root (kubelet, containerd and runc create namespaces, mounts and cgroups)".into(),
+        );
     }
     for tool in ["unshare", "nsenter", "ip", "mount"] {
         if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
@@ -269,7 +270,8 @@ impl RealNode {
             cgroup_dirs: Vec::new(),
             created_mount_points: Vec::new(),
         };
-        for sub in ["kubelet", "log/pods", "log/containers", "run/containerd", "containerd", "cni/net.d", "cni/data", "cdi"]
+        for sub in
+            ["kubelet", "log/pods", "log/containers", "run/containerd", "containerd", "cni/net.d", "cni/data", "cdi"]
         {
             mkdir(&dir.join(sub))?;
         }
@@ -365,7 +367,9 @@ impl RealNode {
         [&self.containerd, &self.kubelet]
             .into_iter()
             .flatten()
-            .map(|c| format!("----- {} {} ({}) -----\n{}", self.name, c.name(), c.log_path().display(), c.log_tail(lines)))
+            .map(|c| {
+                format!("----- {} {} ({}) -----\n{}", self.name, c.name(), c.log_path().display(), c.log_tail(lines))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -561,11 +565,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         let gates = control_plane
             .feature_gates
             .map(|g| {
-                let entries: Vec<String> = g
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| format!("  {k}: {v}"))
-                    .collect();
+                let entries: Vec<String> =
+                    g.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| format!("  {k}: {v}")).collect();
                 format!("featureGates:\n{}\n", entries.join("\n"))
             })
             .unwrap_or_default();
@@ -646,8 +647,10 @@ evictionHard:
     fn import_images(&self) -> Result<(), Error> {
         let dir = std::fs::read_dir(&self.assets.images)
             .map_err(|source| Error::Io { path: self.assets.images.clone(), source })?;
-        let mut archives: Vec<PathBuf> =
-            dir.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "tar")).collect();
+        let mut archives: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+            .collect();
         archives.sort();
         for archive in archives {
             self.import_image(&archive)?;
@@ -722,11 +725,7 @@ evictionHard:
             if pids.is_empty() {
                 break;
             }
-            let _ = Command::new("kill")
-                .arg("-9")
-                .args(pids.iter().map(u32::to_string))
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("kill").arg("-9").args(pids.iter().map(u32::to_string)).stderr(Stdio::null()).status();
             std::thread::sleep(Duration::from_millis(20));
         }
         if let Some(mut holder) = self.holder.take() {

@@ -42,12 +42,11 @@ impl Component {
             .map_err(|source| Error::Io { path: log.clone(), source })?;
         let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
         let program = PathBuf::from(command.get_program());
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| Error::Spawn { component: name.to_owned(), binary: program, source })?;
+        let child = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn().map_err(|source| Error::Spawn {
+            component: name.to_owned(),
+            binary: program,
+            source,
+        })?;
         Ok(Component { name: name.to_owned(), child: Some(child), log })
     }
 

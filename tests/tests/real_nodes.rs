@@ -157,7 +157,8 @@ async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
     let client = env.client();
     let classes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dra-driver/deviceclasses.yaml");
     phalanx_testenv::apply::apply_file(&client, &classes).await.unwrap();
-    for (name, class, count) in [("one-gpu", "gpu.phalanx.dev", 1), ("eight-gpus", "gpu.phalanx.dev", 8), ("one-nic", "nic.phalanx.dev", 1)]
+    for (name, class, count) in
+        [("one-gpu", "gpu.phalanx.dev", 1), ("eight-gpus", "gpu.phalanx.dev", 8), ("one-nic", "nic.phalanx.dev", 1)]
     {
         let template: ResourceClaimTemplate = from_json(json!({
             "metadata": { "name": name },
@@ -165,7 +166,10 @@ async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
                 { "name": "dev", "exactly": { "deviceClassName": class, "count": count } }
             ] } } }
         }));
-        Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS).create(&PostParams::default(), &template).await.unwrap();
+        Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+            .create(&PostParams::default(), &template)
+            .await
+            .unwrap();
     }
     let mut drivers: Vec<Driver> = env.real_nodes().iter().map(|n| Driver::start(&env, n)).collect();
     for d in &mut drivers {
@@ -178,8 +182,10 @@ async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
 
 /// A pod of the test image that prints its `PHALANX_` environment, then sleeps.
 async fn create_pod(client: &Client, name: &str, claims: &[(&str, &str)], extra: serde_json::Value) {
-    let resource_claims: Vec<_> =
-        claims.iter().map(|(claim, template)| json!({ "name": claim, "resourceClaimTemplateName": template })).collect();
+    let resource_claims: Vec<_> = claims
+        .iter()
+        .map(|(claim, template)| json!({ "name": claim, "resourceClaimTemplateName": template }))
+        .collect();
     let uses: Vec<_> = claims.iter().map(|(claim, _)| json!({ "name": claim })).collect();
     let mut pod = json!({
         "metadata": { "name": name, "labels": {}, "annotations": {} },
@@ -419,9 +425,9 @@ async fn pods_run_on_real_nodes_with_exactly_the_devices_phalanx_allocated() {
     drivers[1].wait_registered("gpu.phalanx.dev", registered + 1).await;
     let nodes_api: Api<Node> = Api::all(client.clone());
     wait::until(&nodes_api, "real-1", TIMEOUT, "Ready again", |n: Option<&Node>| {
-        n.and_then(|n| n.status.as_ref()).and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        n.and_then(|n| n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })
     .await;
     wait::poll(TIMEOUT, "real-1's devices published again after the kubelet's restart", || async {

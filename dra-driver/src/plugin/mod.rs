@@ -98,14 +98,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let dra = dra::DraService::new(state.clone(), client);
     let services = if health.is_some() { &SUPPORTED_SERVICES[..] } else { &SUPPORTED_SERVICES[..2] };
-    let health = health.map(|h| {
-        proto::health_v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(health::HealthService::new(
-            h.node,
-            state,
-            h.faults,
-            stop_rx.clone(),
-        ))
-    });
+    let health =
+        health.map(|h| {
+            proto::health_v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(
+                health::HealthService::new(h.node, state, h.faults, stop_rx.clone()),
+            )
+        });
     let registration = registration::RegistrationService::new(
         proto::pluginregistration::PluginInfo {
             r#type: "DRAPlugin".into(),

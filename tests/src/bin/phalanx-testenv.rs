@@ -59,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
                 (_, true) => FeatureSet::Beta,
                 _ => FeatureSet::Default,
             };
-            let options = Options::default().features(features).kube_scheduler(kube_scheduler).kwok(!no_kwok).real_nodes(real_nodes);
+            let options = Options::default()
+                .features(features)
+                .kube_scheduler(kube_scheduler)
+                .kwok(!no_kwok)
+                .real_nodes(real_nodes);
             let mut env = TestEnv::start(options).await.context("starting the control plane")?;
             if let Some(path) = write_kubeconfig {
                 std::fs::copy(env.kubeconfig_path(), &path).with_context(|| format!("writing {}", path.display()))?;
