@@ -55,6 +55,7 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh kubelet --versions)" && export PHALANX_ENVTEST_BIN && \
 	  PHALANX_NODE_BIN="$$(bash hack/node/build.sh --versions)" && export PHALANX_NODE_BIN && \
 	  PHALANX_IMAGES="$$(bash hack/images/build.sh base)" && export PHALANX_IMAGES && \
+	  PHALANX_WORKER_IMAGES="$$(bash hack/images/build.sh worker)" && export PHALANX_WORKER_IMAGES && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
 .PHONY: test-compat

@@ -6,6 +6,7 @@
 #   hack/images/build.sh phalanx [OUT]        phalanx-scheduler, phalanx-dra-driver and
 #                                             phalanx-worker from static musl binaries
 #                                             into OUT (default target/images)
+#   hack/images/build.sh worker [OUT]         phalanx-worker only (what the tests run)
 #
 # Each archive is `<name>.tar`: an OCI image layout with one single-layer image whose
 # index entry is annotated `io.containerd.image.name=<registry>/<name>:<tag>` (so
@@ -63,6 +64,7 @@ image() {
     --config.label "org.opencontainers.image.version=$tag"
     --config.label "org.opencontainers.image.source=https://github.com/phalanx-dev/phalanx")
   for arg in "$@"; do config+=(--config.entrypoint "$arg"); done
+  config+=("${IMAGE_LABELS[@]+"${IMAGE_LABELS[@]}"}")
   umoci config --image "$work/layout:$tag" "${config[@]}"
   umoci gc --layout "$work/layout"
   # The name containerd imports the image under (ctr reads the index entry's annotation).
@@ -126,6 +128,7 @@ base() {
 
 phalanx() {
   local out=${1:-$repo/target/images} target=x86_64-unknown-linux-musl version epoch
+  local names=(${PHALANX_IMAGE_NAMES:-phalanx-scheduler phalanx-dra-driver phalanx-worker})
   # ring (TLS) compiles C for the target: musl-gcc.
   need musl
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
@@ -134,26 +137,36 @@ phalanx() {
   rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target" >&2
   log "cargo build --release --target $target (static binaries)"
   (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$repo=/phalanx" \
-    cargo build --release --locked --target "$target" \
-    -p phalanx-scheduler -p phalanx-dra-driver -p phalanx-worker >&2)
+    cargo build --release --locked --target "$target" "${names[@]/#/-p=}" >&2)
   mkdir -p "$out"
   local work
   work=$(mktemp -d)
-  for name in phalanx-scheduler phalanx-dra-driver phalanx-worker; do
+  for name in "${names[@]}"; do
     mkdir -p "$work/$name/usr/local/bin" "$work/$name/tmp"
     chmod 1777 "$work/$name/tmp"
     cp "$repo/target/$target/release/$name" "$work/$name/usr/local/bin/$name"
+    local labels=()
+    if [ "$name" = phalanx-worker ]; then
+      # Defaults of the placement hints (the pod's labels and annotations are the truth).
+      labels=(--config.label "phalanx.dev/role=both" --config.label "phalanx.dev/kv-domain=node"
+        --config.label "phalanx.dev/kv-domain-policy=preferred"
+        --config.label "phalanx.dev/kv-bytes-per-token=$((4 * 2 * 4 * 16 * 4))")
+    fi
+    IMAGE_LABELS=("${labels[@]}")
     image "$name" "$version" "$work/$name" "$epoch" "$out/$name.tar" "/usr/local/bin/$name"
+    IMAGE_LABELS=()
   done
   rm -rf "$work"
   echo "$out"
 }
 
+IMAGE_LABELS=()
 case "${1:-}" in
   base) base ;;
   phalanx) phalanx "${2:-}" ;;
+  worker) PHALANX_IMAGE_NAMES=phalanx-worker phalanx "${2:-}" ;;
   *)
-    echo "usage: $0 base | phalanx [OUT]" >&2
+    echo "usage: $0 base | phalanx [OUT] | worker [OUT]" >&2
     exit 2
     ;;
 esac

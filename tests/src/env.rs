@@ -271,6 +271,16 @@ impl TestEnv {
         &self.kubeconfig
     }
 
+    /// The cluster CA certificate (PEM), e.g. for a pod's service-account secret.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca_pem
+    }
+
+    /// The apiserver's port.
+    pub fn apiserver_port(&self) -> u16 {
+        self.apiserver_url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(443)
+    }
+
     /// The environment's directory (PKI, kubeconfigs, `logs/`).
     pub fn dir(&self) -> &Path {
         &self.dir_path

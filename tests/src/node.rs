@@ -59,16 +59,18 @@ pub(crate) struct Network {
 impl Network {
     /// Picks a free /24 for up to 63 nodes.
     pub(crate) fn choose(nodes: usize) -> Result<Network, Error> {
-        if nodes > 63 {
-            return Err(Error::RealNode(format!("{nodes} real nodes asked for; at most 63 per environment")));
+        if nodes > 16 {
+            return Err(Error::RealNode(format!("{nodes} real nodes asked for; at most 16 per environment")));
         }
         let used = output("ip", &["-4", "-o", "addr", "show"])?;
         for _ in 0..64 {
             let r = RandomState::new().build_hasher().finish();
-            // 10.200.0.0–10.239.255.255 (pods use 10.244.<node>.0/24 inside each node).
+            // Veths in 10.200.0.0–10.239.255.255, pods in the matching 10.100–10.139 range.
             let base = [10, 200 + (r % 40) as u8, (r >> 8) as u8];
             let prefix = format!("inet {}.{}.{}.", base[0], base[1], base[2]);
-            if !used.contains(&prefix) {
+            let pods = format!("{}.{}.{}.", base[0], base[1] - 100, base[2]);
+            let routes = output("ip", &["-4", "route", "show"])?;
+            if !used.contains(&prefix) && !routes.contains(&pods) {
                 return Ok(Network { base, run: (r >> 16) as u16 });
             }
         }
@@ -78,6 +80,12 @@ impl Network {
     /// The host end of node `i`'s veth (the apiserver is reached there).
     pub(crate) fn host_ip(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(self.base[0], self.base[1], self.base[2], (4 * i + 1) as u8)
+    }
+
+    /// Node `i`'s pod range: a /28 (13 pods beside the bridge's gateway), unique on the
+    /// machine so the host can route replies to pods (e.g. from the apiserver).
+    pub(crate) fn pod_cidr(&self, i: usize) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::new(self.base[0], self.base[1] - 100, self.base[2], (16 * i) as u8), 28)
     }
 
     /// Node `i`'s InternalIP (the namespace end).
@@ -227,6 +235,7 @@ pub struct RealNode {
     dir: PathBuf,
     node_ip: Ipv4Addr,
     host_ip: Ipv4Addr,
+    pod_cidr: (Ipv4Addr, u8),
     run: u16,
     assets: NodeAssets,
     holder: Option<Child>,
@@ -262,6 +271,7 @@ impl RealNode {
             dir: dir.to_owned(),
             node_ip: network.node_ip(index),
             host_ip: network.host_ip(index),
+            pod_cidr: network.pod_cidr(index),
             run: network.run,
             assets: assets.clone(),
             holder: None,
@@ -314,6 +324,12 @@ impl RealNode {
     /// The node's InternalIP.
     pub fn ip(&self) -> Ipv4Addr {
         self.node_ip
+    }
+
+    /// Where this node's pods reach the apiserver: the host end of its veth (the
+    /// apiserver listens there; there is no kube-proxy for the `kubernetes` Service).
+    pub fn apiserver_host(&self) -> Ipv4Addr {
+        self.host_ip
     }
 
     /// The kubelet's log file.
@@ -451,9 +467,14 @@ impl RealNode {
             run("nsenter", &all)
         };
         inside(&["ip", "link", "set", "lo", "up"])?;
+        // The node routes between its veth and its pods' bridge (this namespace only).
+        inside(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         inside(&["ip", "addr", "add", &format!("{}/30", self.node_ip), "dev", "eth0"])?;
         inside(&["ip", "link", "set", "eth0", "up"])?;
         inside(&["ip", "route", "add", "default", "via", &self.host_ip.to_string()])?;
+        // Replies from the host (the apiserver) to this node's pods; the route goes with the veth.
+        let (net, bits) = self.pod_cidr;
+        run("ip", &["route", "add", &format!("{net}/{bits}"), "via", &self.node_ip.to_string(), "dev", &veth])?;
         for (path, sub) in PRIVATE_PATHS {
             let target = Path::new(path);
             if !target.exists() {
@@ -534,19 +555,18 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
                 cni = dir.join("cni").display(),
             ),
         )?;
-        // Pods on the node's own bridge; every node may use the same range: each bridge is
-        // in its node's namespace.
+        // Pods on the node's own bridge, in the node's own /28.
         write(
             &dir.join("cni/net.d/10-phalanx.conflist"),
             &format!(
                 r#"{{"cniVersion": "1.0.0", "name": "phalanx", "plugins": [{{
   "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
-  "ipam": {{"type": "host-local", "dataDir": "{data}", "ranges": [[{{"subnet": "10.244.{i}.0/24"}}]],
+  "ipam": {{"type": "host-local", "dataDir": "{data}", "ranges": [[{{"subnet": "{subnet}"}}]],
            "routes": [{{"dst": "0.0.0.0/0"}}]}}
 }}]}}
 "#,
                 data = dir.join("cni/data").display(),
-                i = self.index,
+                subnet = format_args!("{}/{}", self.pod_cidr.0, self.pod_cidr.1),
             ),
         )?;
         write(
@@ -600,6 +620,8 @@ authorization:
   mode: AlwaysAllow
 makeIPTablesUtilChains: false
 registerNode: true
+# The node's pod range is a /28: 13 addresses.
+maxPods: 12
 nodeStatusUpdateFrequency: 5s
 syncFrequency: 10s
 fileCheckFrequency: 10s

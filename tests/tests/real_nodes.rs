@@ -497,3 +497,183 @@ async fn device_health_reaches_the_pod_status_and_stays_fresh() {
 fn phalanx_dra_driver_claim_key(uid: &str) -> String {
     uid.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
+
+/// The worker image of `hack/images/build.sh worker` (make test builds it).
+fn worker_image() -> PathBuf {
+    let dir = match std::env::var_os("PHALANX_WORKER_IMAGES") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/images/build.sh");
+            let out = Command::new("bash").arg(&script).arg("worker").stderr(Stdio::inherit()).output().unwrap();
+            assert!(out.status.success(), "building the worker image failed");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
+        }
+    };
+    let path = dir.join("phalanx-worker.tar");
+    assert!(path.is_file(), "{} is missing: `bash hack/images/build.sh worker`", path.display());
+    path
+}
+
+const WORKER_IMAGE: &str = "ghcr.io/phalanx-dev/phalanx-worker:0.1.0";
+
+/// A phalanx-worker pod of P/D group `g1`, reaching the apiserver on the node's veth with
+/// the `phalanx-worker` service account's token (the test control plane runs no
+/// kube-proxy and no ServiceAccount admission).
+/// `rack` goes to `PHALANX_TOPOLOGY_RACK` (as a chart sets it from the node's label);
+/// `gpu` gives the pod a one-GPU claim; `spec` is merged into the pod's spec.
+fn worker_pod(
+    env: &TestEnv,
+    name: &str,
+    role: &str,
+    annotations: serde_json::Value,
+    rack: &str,
+    gpu: bool,
+    spec: serde_json::Value,
+) -> Pod {
+    let node = &env.real_nodes()[0];
+    let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    let envs = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_IP", "status.podIP"),
+        field("NODE_NAME", "spec.nodeName"),
+        json!({ "name": "KUBERNETES_SERVICE_HOST", "value": node.apiserver_host().to_string() }),
+        json!({ "name": "KUBERNETES_SERVICE_PORT", "value": env.apiserver_port().to_string() }),
+        json!({ "name": "PHALANX_TOPOLOGY_RACK", "value": rack }),
+    ];
+    let (claims, uses) = if gpu {
+        (json!([{ "name": "gpu", "resourceClaimTemplateName": "one-gpu" }]), json!({ "claims": [{ "name": "gpu" }] }))
+    } else {
+        (json!([]), json!({}))
+    };
+    let args = if role == "decode" { json!(["serve", "--discover"]) } else { json!(["serve"]) };
+    let mut pod = json!({
+        "metadata": {
+            "name": name,
+            "labels": { "phalanx.dev/role": role, "phalanx.dev/pd-group": "g1" },
+            "annotations": annotations,
+        },
+        "spec": {
+            "schedulerName": "phalanx-scheduler",
+            "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": false,
+            "resourceClaims": claims,
+            "volumes": [
+                { "name": "podinfo", "downwardAPI": { "items": [
+                    { "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } },
+                    { "path": "annotations", "fieldRef": { "fieldPath": "metadata.annotations" } } ] } },
+                { "name": "token", "secret": { "secretName": "phalanx-worker-token" } }
+            ],
+            "containers": [{
+                "name": "worker", "image": WORKER_IMAGE, "imagePullPolicy": "Never", "args": args, "env": envs,
+                "resources": uses,
+                "volumeMounts": [
+                    { "name": "podinfo", "mountPath": "/etc/podinfo" },
+                    { "name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" } ],
+                "readinessProbe": { "httpGet": { "path": "/readyz", "port": 8000 }, "periodSeconds": 1 }
+            }]
+        }
+    });
+    merge(&mut pod, json!({ "spec": spec }));
+    from_json(pod)
+}
+
+async fn raw_http(address: &str, request: String) -> String {
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap_or_else(|e| panic!("{address}: {e}"));
+    tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut s, &mut out).await.unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)
+}
+
+/// A 1-prefill + 1-decode gang of the worker image on a real node: scheduled by Phalanx,
+/// GPUs prepared by our driver, the decode worker finds its prefill peer through the API,
+/// a completion moves the KV between the pods and gives exactly the tokens of one
+/// process; a worker placed against a required KV-domain hint stops with the reason.
+#[tokio::test]
+async fn a_prefill_decode_gang_of_worker_pods_serves_a_completion() {
+    let image = worker_image();
+    let (env, _drivers, _scheduler) = setup(1).await;
+    let client = env.client();
+    env.real_nodes()[0].import_image(&image).expect("worker image imported");
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker/rbac.yaml");
+    phalanx_testenv::apply::apply_file(&client, &rbac).await.unwrap();
+    let token = env
+        .service_account_token(NS, "phalanx-worker", Default::default())
+        .await
+        .expect("a token for the worker's service account");
+    let secret: k8s_openapi::api::core::v1::Secret = from_json(json!({
+        "metadata": { "name": "phalanx-worker-token" },
+        "stringData": { "token": token, "ca.crt": env.ca_pem(), "namespace": NS }
+    }));
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let gang = json!({ "phalanx.dev/gang-min-members": "2", "phalanx.dev/kv-domain": "node", "phalanx.dev/kv-domain-policy": "required" });
+    for (name, role) in [("prefill-0", "prefill"), ("decode-0", "decode")] {
+        let mut pod = worker_pod(&env, name, role, gang.clone(), "r1", true, json!({}));
+        pod.metadata.labels.get_or_insert_default().insert("phalanx.dev/gang".into(), "pd".into());
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let ready = |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    wait::until(&pods, "prefill-0", TIMEOUT, "Ready", ready).await;
+    let decode = wait::until(&pods, "decode-0", TIMEOUT, "Ready (its prefill peer found and checked)", ready).await;
+    let ip = decode.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let address = format!("{ip}:8000");
+
+    let prompt = "Phalanx places prefill and decode in one KV domain";
+    let body = format!(r#"{{"prompt":"{prompt}","max_tokens":24}}"#);
+    let answer = raw_http(
+        &address,
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let tokens: Vec<u8> = serde_json::from_value(answer["choices"][0]["tokens"].clone()).unwrap();
+    let config = phalanx_worker::model::ModelConfig::default();
+    let aggregated = phalanx_worker::model::Model::new(config).generate(prompt.as_bytes(), 24).unwrap();
+    assert_eq!(tokens, aggregated, "disaggregated across two pods = one process: {answer}");
+    let layout = config.layout();
+    let bytes = prompt.len() * layout.bytes_per_token();
+    assert_eq!(answer["kv_transfer"]["bytes"], bytes);
+    assert_eq!(answer["kv_transfer"]["transport"], "tcp", "two pods share no memory");
+    let metrics = raw_http(&address, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        metrics.contains(&format!("phalanx_worker_kv_transfer_bytes_total{{transport=\"tcp\"}} {bytes}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phalanx_worker_placement_checks_total{check=\"kv-domain\",verdict=\"ok\"} "),
+        "{metrics}"
+    );
+
+    // Placed by hand (nodeName, no scheduler) against a required rack-level KV domain: the
+    // prefill worker is in rack r1, this one in r2.
+    let far = json!({ "phalanx.dev/kv-domain": "rack", "phalanx.dev/kv-domain-policy": "required" });
+    let by_hand = json!({ "nodeName": "real-0", "restartPolicy": "Never" });
+    pods.create(&PostParams::default(), &worker_pod(&env, "decode-far", "decode", far, "r2", false, by_hand))
+        .await
+        .unwrap();
+    let stopped = wait::until(&pods, "decode-far", TIMEOUT, "terminated", |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())))
+    })
+    .await;
+    let terminated = stopped.status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let message = terminated.message.unwrap_or_default();
+    assert_eq!(terminated.exit_code, 1, "{message}");
+    assert!(message.contains("kv-domain (required) VIOLATED"), "{message}");
+    assert!(message.contains("decode-far in r2") && message.contains("in r1"), "{message}");
+    let _ = pods.delete("decode-far", &DeleteParams::default()).await;
+}
