@@ -38,6 +38,10 @@ images: ## Build the images as OCI archives without Docker: pause + testbox (cac
 	@bash hack/images/build.sh base >/dev/null
 	@bash hack/images/build.sh phalanx
 
+.PHONY: manifests
+manifests: ## Render the plain manifests in deploy/ from the Helm chart (deploy/helm/phalanx)
+	@bash hack/manifests.sh
+
 .PHONY: fmt-check
 fmt-check: tools
 	$(CARGO) fmt --all -- --check
@@ -56,6 +60,7 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	  PHALANX_NODE_BIN="$$(bash hack/node/build.sh --versions)" && export PHALANX_NODE_BIN && \
 	  PHALANX_IMAGES="$$(bash hack/images/build.sh base)" && export PHALANX_IMAGES && \
 	  PHALANX_WORKER_IMAGES="$$(bash hack/images/build.sh worker)" && export PHALANX_WORKER_IMAGES && \
+	  PHALANX_HELM="$$(bash hack/helm/build.sh)" && export PHALANX_HELM && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
 .PHONY: test-compat

@@ -43,7 +43,8 @@ fn denied_by_policy(result: Result<impl std::fmt::Debug, kube::Error>) -> String
 async fn driver_identity_may_write_only_its_own_nodes_slices() {
     let env = TestEnv::start(Options::default().kwok(false)).await.expect("control plane");
     let admin = env.client();
-    for file in ["namespace.yaml", "rbac.yaml", "admission-policy.yaml", "deviceclasses.yaml", "daemonset.yaml"] {
+    apply_deploy_file(&admin, "namespace.yaml").await;
+    for file in ["rbac.yaml", "admission-policy.yaml", "deviceclasses.yaml", "daemonset.yaml"] {
         apply_deploy_file(&admin, &format!("dra-driver/{file}")).await;
     }
     let node_a = create_node(&admin, "node-a", json!({})).await;

@@ -178,7 +178,7 @@ pub fn condition_message(pod: &Pod) -> String {
 pub async fn as_deployed_scheduler(env: &TestEnv) -> Client {
     let admin = env.client();
     let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    phalanx_testenv::apply::apply_file(&admin, &deploy.join("dra-driver/namespace.yaml")).await.unwrap();
+    phalanx_testenv::apply::apply_file(&admin, &deploy.join("namespace.yaml")).await.unwrap();
     phalanx_testenv::apply::apply_file(&admin, &deploy.join("scheduler/rbac.yaml")).await.unwrap();
     env.service_account_client("phalanx-system", "phalanx-scheduler").await.unwrap()
 }
