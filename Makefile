@@ -59,7 +59,7 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh kubelet --versions)" && export PHALANX_ENVTEST_BIN && \
 	  PHALANX_NODE_BIN="$$(bash hack/node/build.sh --versions)" && export PHALANX_NODE_BIN && \
 	  PHALANX_IMAGES="$$(bash hack/images/build.sh base)" && export PHALANX_IMAGES && \
-	  PHALANX_WORKER_IMAGES="$$(bash hack/images/build.sh worker)" && export PHALANX_WORKER_IMAGES && \
+	  PHALANX_APP_IMAGES="$$(bash hack/images/build.sh phalanx)" && export PHALANX_APP_IMAGES && \
 	  PHALANX_HELM="$$(bash hack/helm/build.sh)" && export PHALANX_HELM && \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 

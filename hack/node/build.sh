@@ -65,6 +65,16 @@ need_seccomp() {
   fi
 }
 
+# The node namespaces make the `kubernetes` Service reachable with a DNAT rule.
+if ! command -v iptables >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing iptables (real nodes route the kubernetes Service with it)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >&2
+  else
+    log "real nodes need iptables: install it (Debian: apt-get install iptables)"
+  fi
+fi
+
 mkdir -p "$bin"
 containerd_tags="urfave_cli_no_docs no_btrfs no_devmapper no_zfs osusergo netgo static_build"
 containerd_ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD"

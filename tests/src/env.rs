@@ -206,6 +206,9 @@ impl TestEnv {
         write(&tokens, &token_lines)?;
         let mut args = env.apiserver_args(api_port, etcd_port, &tokens);
         if real_nodes.is_some() {
+            // Pods on real nodes get service-account tokens, as in a real cluster.
+            args.retain(|a| !a.starts_with("--disable-admission-plugins="));
+            args.push("--disable-admission-plugins=TaintNodesByCondition".into());
             // Kubelets in their own network namespaces reach the apiserver on their veth's
             // host end; the apiserver reaches them (logs, exec) on their InternalIP.
             args.retain(|a| !a.starts_with("--bind-address="));
@@ -217,9 +220,12 @@ impl TestEnv {
         env.admin = client_from_kubeconfig(&env.kubeconfig).await?;
         env.wait_for_apiserver().await?;
 
-        if options.controller_manager {
-            let args = env.controller_manager_args();
+        if options.controller_manager || real_nodes.is_some() {
+            let args = env.controller_manager_args(real_nodes.is_some());
             env.spawn(&bin, "kube-controller-manager", args, &logs)?;
+        }
+        if real_nodes.is_some() {
+            env.wait_for_default_service_account().await?;
         }
         if options.kwok {
             let args = env.kwok_args(free_port()?);
@@ -441,21 +447,54 @@ impl TestEnv {
         args
     }
 
-    fn controller_manager_args(&self) -> Vec<String> {
+    /// With `real_nodes`, also what running workloads need: service accounts and the root
+    /// CA ConfigMap for pods' tokens, and the workload controllers (DaemonSet, Deployment,
+    /// ReplicaSet, StatefulSet, PodDisruptionBudget status) a Helm chart relies on.
+    fn controller_manager_args(&self, real_nodes: bool) -> Vec<String> {
+        let mut controllers =
+            "resourceclaim-controller,garbage-collector-controller,namespace-controller,job-controller".to_owned();
+        if real_nodes {
+            controllers.push_str(
+                ",serviceaccount-controller,root-ca-certificate-publisher-controller,daemonset-controller,\
+                 deployment-controller,replicaset-controller,statefulset-controller,disruption-controller",
+            );
+        }
         let mut args = vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--leader-elect=false".into(),
-            "--controllers=resourceclaim-controller,garbage-collector-controller,namespace-controller,job-controller"
-                .into(),
+            format!("--controllers={controllers}"),
             "--secure-port=0".into(),
             "--kube-api-qps=1000".into(),
             "--kube-api-burst=2000".into(),
             "--concurrent-gc-syncs=4".into(),
         ];
+        if real_nodes {
+            args.push(format!("--root-ca-file={}", self.pki.ca_cert.display()));
+        }
         if let Some(gates) = self.features.feature_gates() {
             args.push(format!("--feature-gates={gates}"));
         }
         args
+    }
+
+    /// Pods are admitted only once their namespace's `default` ServiceAccount exists.
+    async fn wait_for_default_service_account(&mut self) -> Result<(), Error> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), "default");
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(_)) = accounts.get_opt("default").await {
+                return Ok(());
+            }
+            self.component_mut("kube-controller-manager").check_running()?;
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(Error::NotReady {
+                    component: "kube-controller-manager".into(),
+                    seconds: READY_TIMEOUT.as_secs(),
+                    detail: "the default ServiceAccount of namespace default was not created".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn kwok_args(&self, port: u16) -> Vec<String> {

@@ -44,6 +44,9 @@ pub const TESTBOX_IMAGE: &str = "ghcr.io/phalanx-dev/testbox:1.35.0";
 
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The `kubernetes` Service's ClusterIP (first address of the control plane's service range).
+pub const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+
 /// Environment variable set on every process a node starts, naming the node's run-unique id.
 const NODE_MARKER: &str = "PHALANX_REAL_NODE";
 
@@ -106,9 +109,17 @@ pub fn preflight() -> Result<(), Error> {
             "real nodes need root (kubelet, containerd and runc create namespaces, mounts and cgroups)".into(),
         );
     }
-    for tool in ["unshare", "nsenter", "ip", "mount"] {
+    for (tool, package) in [
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("mount", "mount"),
+        ("iptables", "iptables"),
+    ] {
         if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            return fail(format!("`{tool}` is not installed (Debian: util-linux / iproute2)"));
+            return fail(format!(
+                "`{tool}` is not installed (Debian package {package}; `make node-binaries` installs it)"
+            ));
         }
     }
     let mode = cgroup_mode()?;
@@ -236,6 +247,7 @@ pub struct RealNode {
     node_ip: Ipv4Addr,
     host_ip: Ipv4Addr,
     pod_cidr: (Ipv4Addr, u8),
+    api_port: u16,
     run: u16,
     assets: NodeAssets,
     holder: Option<Child>,
@@ -246,11 +258,13 @@ pub struct RealNode {
 }
 
 /// The host paths bind-mounted, inside a node's mount namespace, from its directory.
-const PRIVATE_PATHS: [(&str, &str); 4] = [
+const PRIVATE_PATHS: [(&str, &str); 5] = [
     ("/var/lib/kubelet", "kubelet"),
     ("/var/log/pods", "log/pods"),
     ("/var/log/containers", "log/containers"),
     ("/run/containerd", "run/containerd"),
+    // Where a DRA driver's DaemonSet pod writes CDI specs (hostPath) and containerd reads them.
+    ("/run/cdi", "cdi"),
 ];
 
 impl RealNode {
@@ -272,6 +286,7 @@ impl RealNode {
             node_ip: network.node_ip(index),
             host_ip: network.host_ip(index),
             pod_cidr: network.pod_cidr(index),
+            api_port: control_plane.api_port,
             run: network.run,
             assets: assets.clone(),
             holder: None,
@@ -472,6 +487,28 @@ impl RealNode {
         inside(&["ip", "addr", "add", &format!("{}/30", self.node_ip), "dev", "eth0"])?;
         inside(&["ip", "link", "set", "eth0", "up"])?;
         inside(&["ip", "route", "add", "default", "via", &self.host_ip.to_string()])?;
+        // The `kubernetes` Service, as kube-proxy would make it: its ClusterIP to the
+        // apiserver on this node's veth host end (pods: PREROUTING; host network: OUTPUT).
+        let to = format!("{}:{}", self.host_ip, self.api_port);
+        for chain in ["PREROUTING", "OUTPUT"] {
+            inside(&[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                chain,
+                "-d",
+                KUBERNETES_SERVICE_IP,
+                "-p",
+                "tcp",
+                "--dport",
+                "443",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ])?;
+        }
         // Replies from the host (the apiserver) to this node's pods; the route goes with the veth.
         let (net, bits) = self.pod_cidr;
         run("ip", &["route", "add", &format!("{net}/{bits}"), "via", &self.node_ip.to_string(), "dev", &veth])?;
@@ -536,7 +573,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
   # This machine's root lacks CAP_SYS_RESOURCE: never lower a container's OOM score.
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
-  cdi_spec_dirs = ["{cdi}"]
+  cdi_spec_dirs = ["/var/run/cdi"]
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -551,7 +588,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 "#,
                 root = dir.join("containerd/root").display(),
                 pause = PAUSE_IMAGE,
-                cdi = self.cdi_dir().display(),
                 cni = dir.join("cni").display(),
             ),
         )?;

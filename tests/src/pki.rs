@@ -41,7 +41,13 @@ impl Pki {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let serving_key = KeyPair::generate().map_err(pki_err)?;
-        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), "kubernetes.default.svc".to_owned()];
+        // 10.0.0.1: the `kubernetes` Service's ClusterIP, which pods on real nodes dial.
+        let mut names = vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            "kubernetes.default.svc".to_owned(),
+            "10.0.0.1".to_owned(),
+        ];
         names.extend(extra_ips.iter().map(|ip| ip.to_string()));
         let mut serving_params = CertificateParams::new(names).map_err(pki_err)?;
         serving_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");

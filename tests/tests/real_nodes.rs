@@ -498,20 +498,25 @@ fn phalanx_dra_driver_claim_key(uid: &str) -> String {
     uid.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
 
-/// The worker image of `hack/images/build.sh worker` (make test builds it).
-fn worker_image() -> PathBuf {
-    let dir = match std::env::var_os("PHALANX_WORKER_IMAGES") {
+/// An image of `make images` (`PHALANX_APP_IMAGES` names their directory; make test
+/// builds them).
+fn app_image(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("PHALANX_APP_IMAGES") {
         Some(d) => PathBuf::from(d),
         None => {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/images/build.sh");
-            let out = Command::new("bash").arg(&script).arg("worker").stderr(Stdio::inherit()).output().unwrap();
-            assert!(out.status.success(), "building the worker image failed");
+            let out = Command::new("bash").arg(&script).arg("phalanx").stderr(Stdio::inherit()).output().unwrap();
+            assert!(out.status.success(), "building the images failed");
             PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
         }
     };
-    let path = dir.join("phalanx-worker.tar");
-    assert!(path.is_file(), "{} is missing: `bash hack/images/build.sh worker`", path.display());
+    let path = dir.join(format!("{name}.tar"));
+    assert!(path.is_file(), "{} is missing: `make images`", path.display());
     path
+}
+
+fn worker_image() -> PathBuf {
+    app_image("phalanx-worker")
 }
 
 const WORKER_IMAGE: &str = "ghcr.io/phalanx-dev/phalanx-worker:0.1.0";
@@ -676,4 +681,167 @@ async fn a_prefill_decode_gang_of_worker_pods_serves_a_completion() {
     assert!(message.contains("kv-domain (required) VIOLATED"), "{message}");
     assert!(message.contains("decode-far in r2") && message.contains("in r1"), "{message}");
     let _ = pods.delete("decode-far", &DeleteParams::default()).await;
+}
+
+/// helm from `hack/helm/build.sh` (or `PHALANX_HELM`).
+fn helm(env: &TestEnv, args: &[&str]) -> String {
+    let helm = match std::env::var_os("PHALANX_HELM") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/helm/build.sh");
+            let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().unwrap();
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
+        }
+    };
+    let out = Command::new(&helm)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig_path())
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "helm {}:\n{text}", args.join(" "));
+    text
+}
+
+/// The charts installed the way users install them, onto a real node: the scheduler and
+/// the driver run as pods of the locally built images (the driver registers with the
+/// kubelet and publishes the node's devices), the P/D chart's workers are scheduled by the
+/// installed scheduler, prepared by the installed driver and serve a completion; an
+/// upgrade with changed values rolls the scheduler, which still schedules; uninstalling
+/// leaves no slices, CDI specs or finalizers behind.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_on_a_real_node() {
+    let images: Vec<PathBuf> = ["phalanx-scheduler", "phalanx-dra-driver", "phalanx-worker"].map(app_image).to_vec();
+    // kube-scheduler places the chart's own pods (the scheduler Deployment, the driver's
+    // DaemonSet), as in any cluster; Phalanx is the second scheduler.
+    let options = Options::default().real_nodes(1).kube_scheduler(true);
+    let env = TestEnv::start(options).await.expect("control plane with a real node");
+    let client = env.client();
+    let node = &env.real_nodes()[0];
+    for image in &images {
+        node.import_image(image).expect("image imported");
+    }
+    // The label NVIDIA's GPU feature discovery puts on GPU nodes: the driver's DaemonSet
+    // selects it by default.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "nvidia.com/gpu.present": "true" } } });
+    nodes.patch("real-0", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await.unwrap();
+    let base = [
+        "--namespace",
+        "phalanx-system",
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "driver.profile=hgx-h100-8",
+        "--set-json",
+        "driver.nodeSelector={}",
+        "--set",
+        "scheduler.replicas=1",
+        "--set",
+        "scheduler.resources.requests.cpu=50m",
+        "--set",
+        "scheduler.resources.requests.memory=64Mi",
+    ];
+    let mut install = vec!["install", "phalanx", "deploy/helm/phalanx"];
+    install.extend(base);
+    let notes = helm(&env, &install);
+    assert!(notes.contains("schedulerName: phalanx-scheduler"), "NOTES tell how to opt in: {notes}");
+
+    // The driver pod registered with the kubelet and published real-0's devices.
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    wait::poll(TIMEOUT, "real-0's slices published by the driver pod", || async {
+        let list = slices.list(&ListParams::default()).await.ok()?;
+        (list.items.iter().filter(|s| s.spec.node_name.as_deref() == Some("real-0")).count() == 2).then_some(())
+    })
+    .await;
+
+    // A P/D set from the second chart: scheduled by the installed scheduler, GPUs prepared
+    // by the installed driver, a completion through the decode worker.
+    helm(
+        &env,
+        &[
+            "install",
+            "llama",
+            "deploy/helm/phalanx-pd",
+            "--namespace",
+            "serving",
+            "--create-namespace",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "kvTransfer.domain=node",
+        ],
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "serving");
+    let ready = |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    wait::until(&pods, "llama-prefill-0", TIMEOUT, "Ready", ready).await;
+    let decode = wait::until(&pods, "llama-decode-0", TIMEOUT, "Ready", ready).await;
+    assert_eq!(decode.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("real-0"));
+    let address = format!("{}:8000", decode.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap());
+    let prompt = "Installed with helm";
+    let body = format!(r#"{{"prompt":"{prompt}","max_tokens":8}}"#);
+    let answer = raw_http(&address, format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let tokens: Vec<u8> = serde_json::from_value(answer["choices"][0]["tokens"].clone()).unwrap();
+    let model = phalanx_worker::model::Model::new(phalanx_worker::model::ModelConfig::default());
+    assert_eq!(tokens, model.generate(prompt.as_bytes(), 8).unwrap());
+
+    // Upgrade with a changed configuration: the scheduler pod is replaced and schedules.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "phalanx-system");
+    let before = deployments.get("phalanx-scheduler").await.unwrap().spec.template.metadata.unwrap().annotations;
+    let mut upgrade =
+        vec!["upgrade", "phalanx", "deploy/helm/phalanx", "--set", "scheduler.config.commitConcurrency=8"];
+    upgrade.extend(base);
+    helm(&env, &upgrade);
+    let after = deployments.get("phalanx-scheduler").await.unwrap().spec.template.metadata.unwrap().annotations;
+    assert_ne!(before, after, "the config checksum changed, so the pods roll");
+    let config: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "phalanx-system");
+    let data = config.get("phalanx-scheduler").await.unwrap().data.unwrap();
+    assert!(data["config.yaml"].contains("commitConcurrency: 8"));
+    let template: ResourceClaimTemplate = from_json(json!({
+        "metadata": { "name": "one-gpu-after" },
+        "spec": { "spec": { "devices": { "requests": [
+            { "name": "dev", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 1 } } ] } } }
+    }));
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &template)
+        .await
+        .unwrap();
+    create_pod(&client, "after-upgrade", &[("gpu", "one-gpu-after")], json!({})).await;
+    wait_running(&client, "after-upgrade").await;
+    delete_and_wait_gone(&client, "after-upgrade").await;
+
+    // Uninstall: nothing of ours is left.
+    helm(&env, &["uninstall", "llama", "--namespace", "serving", "--wait", "--timeout", "60s"]);
+    wait::poll(TIMEOUT, "the P/D pods gone", || async {
+        pods.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
+    })
+    .await;
+    helm(&env, &["uninstall", "phalanx", "--namespace", "phalanx-system", "--wait", "--timeout", "60s"]);
+    wait::poll(TIMEOUT, "the driver's slices removed", || async {
+        let list = slices.list(&ListParams::default()).await.ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    let claims: Api<ResourceClaim> = Api::all(client.clone());
+    wait::poll(TIMEOUT, "no claim left (no finalizer held them)", || async {
+        claims.list(&ListParams::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
+    })
+    .await;
+    let left = cdi_files(&node.cdi_dir());
+    assert!(left.is_empty(), "CDI specs left behind: {left:?}");
 }
