@@ -254,10 +254,10 @@ pub struct RealNode {
     containerd: Option<Component>,
     kubelet: Option<Component>,
     cgroup_dirs: Vec<PathBuf>,
-    created_mount_points: Vec<PathBuf>,
 }
 
-/// The host paths bind-mounted, inside a node's mount namespace, from its directory.
+/// The host paths bind-mounted, inside a node's mount namespace (on private tmpfs parents),
+/// from its directory.
 const PRIVATE_PATHS: [(&str, &str); 5] = [
     ("/var/lib/kubelet", "kubelet"),
     ("/var/log/pods", "log/pods"),
@@ -293,7 +293,6 @@ impl RealNode {
             containerd: None,
             kubelet: None,
             cgroup_dirs: Vec::new(),
-            created_mount_points: Vec::new(),
         };
         for sub in
             ["kubelet", "log/pods", "log/containers", "run/containerd", "containerd", "cni/net.d", "cni/data", "cdi"]
@@ -512,14 +511,15 @@ impl RealNode {
         // Replies from the host (the apiserver) to this node's pods; the route goes with the veth.
         let (net, bits) = self.pod_cidr;
         run("ip", &["route", "add", &format!("{net}/{bits}"), "via", &self.node_ip.to_string(), "dev", &veth])?;
+        // Private tmpfs over the parents of every host-global path the kubelet, containerd and
+        // the CNI plugins use (`/var/lib/cni` too), inside this mount namespace only: nothing
+        // is created on the host, and no other environment's mounts depend on it.
+        for parent in ["/run", "/var/lib", "/var/log"] {
+            inside(&["mount", "-t", "tmpfs", "-o", "mode=755", "phalanx-node", parent])?;
+        }
         for (path, sub) in PRIVATE_PATHS {
-            let target = Path::new(path);
-            if !target.exists() {
-                // The mount point must exist on the host; removed at teardown.
-                mkdir(target)?;
-                self.created_mount_points.push(target.to_owned());
-            }
             let source = self.dir.join(sub);
+            inside(&["mkdir", "-p", path])?;
             inside(&["mount", "--bind", &source.display().to_string(), path])?;
         }
         Ok(())
@@ -799,9 +799,6 @@ evictionHard:
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
-        for path in self.created_mount_points.drain(..).rev() {
-            let _ = std::fs::remove_dir(&path);
         }
         // A veth whose namespace end lingered (it goes with the namespace; belt and braces).
         let _ = Command::new("ip").args(["link", "delete", &self.veth()]).stderr(Stdio::null()).status();
