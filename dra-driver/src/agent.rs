@@ -155,7 +155,8 @@ pub async fn run(
         None
     };
 
-    let publisher = Publisher::new(client.clone());
+    // Only this node's slices are watched (and repaired).
+    let publisher = Publisher::new(client.clone()).for_node(&config.node_name);
     let (faults_tx, faults_rx) = watch::channel(Faults::default());
     publisher.set_pool(GPU_DRIVER, node_ref.clone(), attributes::gpu_devices(&inventory, &Default::default(), &now()));
     let mut drivers = vec![GPU_DRIVER];

@@ -312,3 +312,42 @@ async fn publisher_repairs_drift_follows_changes_and_cleans_up() {
     assert!(slices_of(&client, GPU_DRIVER, "drift").await.is_empty());
     assert!(slices_of(&client, NIC_DRIVER, "drift").await.is_empty());
 }
+
+/// A node agent's publisher watches only its own node's slices: the slices of 20 other
+/// nodes, published and rewritten meanwhile, never reach it; its own are still repaired.
+#[tokio::test]
+async fn a_node_agent_watches_only_its_own_nodes_slices() {
+    let env = TestEnv::start(Options::default().kube_scheduler(false)).await.expect("control plane");
+    let client = env.client();
+    let mine = create_node(&client, "mine", json!({})).await;
+    let agent = Publisher::new(client.clone()).for_node("mine");
+    set_profile_pools(&agent, "hgx-h100-8", &mine, &NodeContext::named("mine"));
+    let runner = agent.clone();
+    let task = tokio::spawn(async move { runner.run(&[GPU_DRIVER, NIC_DRIVER]).await });
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    wait::until(&slices, "mine-gpu-phalanx-dev-0", TIMEOUT, "published", |s: Option<&ResourceSlice>| s.is_some()).await;
+
+    // Twenty other nodes, published by another (fleet) publisher, twice.
+    let fleet = Publisher::new(client.clone());
+    for i in 0..20 {
+        let name = format!("other-{i}");
+        let node = create_node(&client, &name, json!({})).await;
+        set_profile_pools(&fleet, "l40s-pcie-8", &node, &NodeContext::named(&name));
+    }
+    fleet.sync_all().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let seen = agent.observed_events();
+    assert!(
+        seen <= 4,
+        "the agent heard {seen} slice events; only its own 2 slices (and their echoes) are its business"
+    );
+
+    // Its own slices are still watched: a deletion is repaired.
+    slices.delete("mine-gpu-phalanx-dev-0", &DeleteParams::default()).await.unwrap();
+    wait::until(&slices, "mine-gpu-phalanx-dev-0", TIMEOUT, "re-created", |s: Option<&ResourceSlice>| {
+        s.is_some_and(|s| s.spec.pool.generation >= 2)
+    })
+    .await;
+    assert!(agent.observed_events() > seen);
+    task.abort();
+}
