@@ -12,7 +12,7 @@ PHALANX_K8S ?= 1.37
 export PHALANX_K8S
 # The tests that `make test-compat` runs on the other supported version: the scheduler's
 # end-to-end tests and the driver's tests against the apiserver.
-COMPAT_TESTS ?= -p phalanx-scheduler --test e2e --test workload --test commit --test crash -p phalanx-dra-driver --test publisher --test admission -p phalanx-tests --test smoke
+COMPAT_TESTS ?= -p phalanx-scheduler --test e2e --test workload --test commit --test crash -p phalanx-dra-driver --test publisher --test admission -p phalanx-tests --test smoke --test real_nodes
 
 .PHONY: help
 help: ## List the targets
@@ -64,9 +64,13 @@ test: tools fmt-check lint build ## Everything CI runs: format, clippy, build, a
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
 
 .PHONY: test-compat
-test-compat: tools ## The end-to-end scheduler tests and the driver's apiserver tests on Kubernetes 1.36
+test-compat: tools ## The end-to-end scheduler tests, the driver's apiserver tests and the real-node tests on Kubernetes 1.36
 	PHALANX_K8S=1.36 && export PHALANX_K8S && \
-	  PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh --versions)" && export PHALANX_ENVTEST_BIN && \
+	  PHALANX_ENVTEST_BIN="$$(bash hack/envtest/build.sh kubelet --versions)" && export PHALANX_ENVTEST_BIN && \
+	  PHALANX_NODE_BIN="$$(bash hack/node/build.sh)" && export PHALANX_NODE_BIN && \
+	  PHALANX_IMAGES="$$(bash hack/images/build.sh base)" && export PHALANX_IMAGES && \
+	  PHALANX_APP_IMAGES="$$(bash hack/images/build.sh phalanx)" && export PHALANX_APP_IMAGES && \
+	  PHALANX_HELM="$$(bash hack/helm/build.sh)" && export PHALANX_HELM && \
 	  $(CARGO) nextest run --locked --no-fail-fast $(COMPAT_TESTS)
 
 .PHONY: bench-cluster
