@@ -110,3 +110,33 @@ fn check_version(dir: &Path) -> Result<(), Error> {
         )))
     }
 }
+
+/// Runs a `hack/` build script and returns the path on the last line of its stdout.
+pub(crate) fn run_script(script: &Path, args: &[&str]) -> Result<PathBuf, Error> {
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|source| Error::Io { path: script.to_owned(), source })?;
+    if !out.status.success() {
+        return Err(Error::Binaries(format!("{} failed ({})", script.display(), out.status)));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(stdout.lines().last().unwrap_or_default().trim()))
+}
+
+/// Environment variable naming the helm binary; `hack/helm/build.sh` runs when absent.
+pub const HELM_ENV: &str = "PHALANX_HELM";
+
+/// helm (4.3.2, built from the Go module proxy by `hack/helm/build.sh`).
+pub fn helm() -> Result<PathBuf, Error> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| match std::env::var_os(HELM_ENV) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => run_script(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/helm/build.sh"), &[])
+            .map_err(|e| e.to_string()),
+    })
+    .clone()
+    .map_err(Error::Binaries)
+}

@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::Error;
+use crate::binaries::run_script;
 use crate::process::Component;
 
 /// Environment variable naming the directory of the node binaries (containerd, runc,
@@ -229,6 +230,18 @@ impl NodeAssets {
         Ok(NodeAssets { bin, kubelet, images })
     }
 }
+
+/// The directory of the Phalanx images (`phalanx-scheduler.tar`, `phalanx-dra-driver.tar`,
+/// `phalanx-worker.tar`): `PHALANX_APP_IMAGES`, else built by `hack/images/build.sh phalanx`.
+pub fn app_images() -> Result<PathBuf, Error> {
+    match std::env::var_os(APP_IMAGES_ENV) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => run_script(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/images/build.sh"), &["phalanx"]),
+    }
+}
+
+/// Environment variable naming the directory of the Phalanx images (`make images`).
+pub const APP_IMAGES_ENV: &str = "PHALANX_APP_IMAGES";
 
 /// What a node needs from the control plane.
 #[derive(Debug, Clone)]
@@ -849,20 +862,6 @@ fn path_with(bin: &Path) -> String {
         Ok(p) => format!("{}:{p}", bin.display()),
         Err(_) => format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
     }
-}
-
-fn run_script(script: &Path, args: &[&str]) -> Result<PathBuf, Error> {
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|source| Error::Io { path: script.to_owned(), source })?;
-    if !out.status.success() {
-        return Err(Error::Binaries(format!("{} failed ({})", script.display(), out.status)));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(PathBuf::from(stdout.lines().last().unwrap_or_default().trim()))
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), Error> {

@@ -5,28 +5,14 @@
 //! Golden files: `tests/golden/helm/`; `PHALANX_UPDATE_GOLDEN=1` rewrites them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
-/// helm from `hack/helm/build.sh` (or `PHALANX_HELM`).
-fn helm() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| match std::env::var_os("PHALANX_HELM") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let out = Command::new("bash")
-                .arg(repo().join("hack/helm/build.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("hack/helm/build.sh runs");
-            assert!(out.status.success(), "building helm failed");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
-        }
-    })
+fn helm() -> PathBuf {
+    phalanx_testenv::binaries::helm().expect("helm (hack/helm/build.sh)")
 }
 
 /// Runs helm; (success, stdout, stderr).

@@ -379,15 +379,15 @@ async fn pods_run_on_real_nodes_with_exactly_the_devices_phalanx_allocated() {
     // The driver of real-0 dies under a running pod: the pod keeps running; the
     // restarted driver prepares the next pod.
     drivers[0].process.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    drivers[0].spawn();
+    drivers[0].wait_registered("gpu.phalanx.dev", 2).await;
+    // Through the driver's death and its re-registration, the pod ran on untouched.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let on_0 = if node_of(&pods.get("pair-0").await.unwrap()) == "real-0" { "pair-0" } else { "pair-1" };
     let pod = pods.get(on_0).await.unwrap();
     assert!(running(Some(&pod)), "{pod:#?}");
     let restarts = pod.status.unwrap().container_statuses.unwrap()[0].restart_count;
     assert_eq!(restarts, 0);
-    drivers[0].spawn();
-    drivers[0].wait_registered("gpu.phalanx.dev", 2).await;
     delete_and_wait_gone(&client, "pair-0").await;
     delete_and_wait_gone(&client, "pair-1").await;
     let pin = |node: &str| json!({ "spec": { "nodeSelector": { "kubernetes.io/hostname": node } } });
@@ -501,16 +501,7 @@ fn phalanx_dra_driver_claim_key(uid: &str) -> String {
 /// An image of `make images` (`PHALANX_APP_IMAGES` names their directory; make test
 /// builds them).
 fn app_image(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("PHALANX_APP_IMAGES") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/images/build.sh");
-            let out = Command::new("bash").arg(&script).arg("phalanx").stderr(Stdio::inherit()).output().unwrap();
-            assert!(out.status.success(), "building the images failed");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
-        }
-    };
-    let path = dir.join(format!("{name}.tar"));
+    let path = phalanx_testenv::node::app_images().expect("the Phalanx images").join(format!("{name}.tar"));
     assert!(path.is_file(), "{} is missing: `make images`", path.display());
     path
 }
@@ -683,16 +674,9 @@ async fn a_prefill_decode_gang_of_worker_pods_serves_a_completion() {
     let _ = pods.delete("decode-far", &DeleteParams::default()).await;
 }
 
-/// helm from `hack/helm/build.sh` (or `PHALANX_HELM`).
+/// Runs helm against the environment; panics with its output when it fails.
 fn helm(env: &TestEnv, args: &[&str]) -> String {
-    let helm = match std::env::var_os("PHALANX_HELM") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/helm/build.sh");
-            let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().unwrap();
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim())
-        }
-    };
+    let helm = phalanx_testenv::binaries::helm().expect("helm (hack/helm/build.sh)");
     let out = Command::new(&helm)
         .args(args)
         .arg("--kubeconfig")

@@ -271,6 +271,7 @@ async fn serve(
         let hints = p.hints.clone();
         let identity = p.identity.clone();
         let metrics = metrics.clone();
+        let me = facts.clone();
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<String>(1);
         tokio::spawn(async move {
             loop {
@@ -291,7 +292,7 @@ async fn serve(
                 }
                 if !peers.is_empty() {
                     let facts: Vec<Facts> = peers.iter().map(|p| p.facts.clone()).collect();
-                    if let Some(check) = verify::kv_domain_check(&hints, &facts_of(&identity, &env), &facts) {
+                    if let Some(check) = verify::kv_domain_check(&hints, &me, &facts) {
                         count(&metrics, &check);
                         tracing::info!("{}", check.describe());
                         if !check.ok && check.policy == Policy::Required {
@@ -331,10 +332,6 @@ async fn serve(
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
-}
-
-fn facts_of(identity: &Identity, env: &BTreeMap<String, String>) -> Facts {
-    Facts::of(&identity.pod, &identity.node, &Devices::from_env(env), topology(env))
 }
 
 /// Pods of our namespace with our `pd-group` and role `prefill`, Running, with an IP.
