@@ -50,6 +50,15 @@ pub enum Error {
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] publisher::Error),
+    /// The metrics/probe address could not be bound.
+    #[error("serving /metrics on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The kubelet answered NotifyRegistrationStatus with `plugin_registered: false`.
     #[error("the kubelet rejected the plugin registration (see the log for its reason); exiting so the pod restarts")]
     RegistrationRejected,
@@ -62,6 +71,9 @@ pub enum Backend {
     Nvml {
         /// Usually `/sys`.
         sysfs: PathBuf,
+        /// `libnvidia-ml.so` to load instead of the loader's default (a driver root such
+        /// as `/run/nvidia/driver`, or the project's fake library in tests).
+        library: Option<PathBuf>,
     },
     /// Fake hardware: a built-in profile name or a profile file.
     Profile(String),
@@ -71,7 +83,7 @@ impl Backend {
     /// Opens the backend; NVML fails here, clearly, where it is absent.
     pub fn open(&self) -> Result<Box<dyn Discovery>, discovery::Error> {
         Ok(match self {
-            Backend::Nvml { sysfs } => Box::new(NvmlDiscovery::init(Sysfs::at(sysfs))?),
+            Backend::Nvml { sysfs, library } => Box::new(NvmlDiscovery::init(Sysfs::at(sysfs), library.as_deref())?),
             Backend::Profile(p) => Box::new(ProfileDiscovery::new(Profile::load(p)?)),
         })
     }
@@ -94,10 +106,25 @@ pub struct AgentConfig {
     pub publish_nics: bool,
     /// Fault-injection file (profile backend).
     pub fault_file: Option<PathBuf>,
-    /// How often the fault file is re-read.
+    /// How often the fault file (or the fault store) is re-read.
     pub fault_poll: Duration,
+    /// How often NVML's remapped rows are polled (NVML backend).
+    pub remap_poll: Duration,
     /// Delete our slices on shutdown.
     pub remove_slices_on_exit: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not served.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Persisted faults (NVML backend); default
+    /// `<kubelet root>/plugins/gpu.phalanx.dev/faults.json`.
+    pub fault_store: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The fault store this agent uses.
+    pub fn fault_store(&self) -> health::FaultStore {
+        let plugin = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: self.kubelet_root.clone() };
+        health::FaultStore::new(self.fault_store.clone().unwrap_or_else(|| plugin.plugin_dir().join("faults.json")))
+    }
 }
 
 fn now() -> Time {
@@ -137,16 +164,74 @@ fn open_state(driver: &str, config: &AgentConfig, inventory: &NodeInventory) -> 
     Ok(Arc::new(Mutex::new(state)))
 }
 
+/// Re-discovers when the Node's labels change (the NVLink clique label is a fallback
+/// source of the NVLink domain) and sends the new inventory when it differs.
+async fn follow_node_labels(
+    client: kube::Client,
+    mut ctx: NodeContext,
+    discovery: Arc<dyn Discovery>,
+    inventories: watch::Sender<NodeInventory>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let nodes = Api::<Node>::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", ctx.name));
+    let mut events = std::pin::pin!(watcher::watcher(nodes, config));
+    while let Some(event) = events.next().await {
+        let node = match event {
+            Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => node,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching this Node");
+                continue;
+            }
+        };
+        let labels = node.metadata.labels.unwrap_or_default();
+        if labels == ctx.labels {
+            continue;
+        }
+        ctx.labels = labels;
+        match discovery.discover(&ctx) {
+            Ok(inventory) => {
+                inventories.send_if_modified(|current| {
+                    let changed = *current != inventory;
+                    if changed {
+                        tracing::info!("node labels changed what is published; republishing");
+                        *current = inventory;
+                    }
+                    changed
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "re-discovering after a label change"),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: AgentConfig,
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let discovery = config.backend.open()?;
+    let discovery: Arc<dyn Discovery> = Arc::from(config.backend.open()?);
     let (node_ref, ctx) = node_context(&client, &config.node_name).await?;
     let inventory: NodeInventory = discovery.discover(&ctx)?;
     tracing::info!(node = config.node_name, gpus = inventory.gpus.len(), nics = inventory.nics.len(), "discovered");
+    let metrics = crate::metrics::get();
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http = match config.http_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Http { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| Error::Http { addr, source })?;
+            tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+            let mut rx = http_stop_rx;
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(crate::metrics::serve(listener, metrics.clone(), stopped)))
+        }
+        None => None,
+    };
 
     let state = open_state(GPU_DRIVER, &config, &inventory)?;
     let nic_state = if config.publish_nics && !inventory.nics.is_empty() {
@@ -157,8 +242,17 @@ pub async fn run(
 
     // Only this node's slices are watched (and repaired).
     let publisher = Publisher::new(client.clone()).for_node(&config.node_name);
-    let (faults_tx, faults_rx) = watch::channel(Faults::default());
-    publisher.set_pool(GPU_DRIVER, node_ref.clone(), attributes::gpu_devices(&inventory, &Default::default(), &now()));
+    // Faults persisted by an earlier run are published from the first write on: a
+    // restarted agent never shows a faulty GPU as healthy, not even briefly.
+    let persisted = match (&config.fault_file, &config.backend) {
+        (None, Backend::Nvml { .. }) => config.fault_store().unhealthy().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "fault store unreadable; starting without its faults");
+            Default::default()
+        }),
+        _ => Default::default(),
+    };
+    let (faults_tx, faults_rx) = watch::channel(Faults { all_nodes: persisted.clone(), ..Default::default() });
+    publisher.set_pool(GPU_DRIVER, node_ref.clone(), attributes::gpu_devices(&inventory, &persisted, &now()));
     let mut drivers = vec![GPU_DRIVER];
     if config.publish_nics && !inventory.nics.is_empty() {
         publisher.set_pool(NIC_DRIVER, node_ref.clone(), attributes::nic_devices(&inventory));
@@ -172,34 +266,74 @@ pub async fn run(
     // Health: faults → taints on the slice (the health stream reads the same channel).
     let health_source = match (&config.fault_file, &config.backend) {
         (Some(path), _) => tokio::spawn(health::watch_fault_file(path.clone(), config.fault_poll, faults_tx)),
-        (None, Backend::Nvml { sysfs }) => {
+        (None, Backend::Nvml { sysfs, library }) => {
+            // NVML faults go to the store (they outlive this process); the store is
+            // what the slice and the kubelet are told, so an operator's clear reaches
+            // both too.
+            let store = config.fault_store();
             let names: BTreeMap<String, String> =
                 inventory.gpus.iter().map(|g| (g.uuid.clone(), g.device_name())).collect();
-            let sysfs = sysfs.clone();
+            let (sysfs, library, remap_poll) = (sysfs.clone(), library.clone(), config.remap_poll);
+            let sink = health::StoreSink {
+                store: store.clone(),
+                stop: http_stop_tx.subscribe(),
+                metrics: Some(metrics.clone()),
+            };
             tokio::task::spawn_blocking(move || {
-                let result = NvmlDiscovery::init(Sysfs::at(sysfs))
+                let result = NvmlDiscovery::init(Sysfs::at(sysfs), library.as_deref())
                     .map_err(|e| health::Error::Nvml(e.to_string()))
-                    .and_then(|d| health::watch_nvml_xids(d.nvml(), &names, &faults_tx));
+                    .and_then(|d| health::watch_nvml(d.nvml(), &names, &sink, remap_poll));
                 if let Err(e) = result {
-                    tracing::error!(error = %e, "XID health monitoring stopped");
+                    tracing::error!(error = %e, "GPU health monitoring stopped");
                 }
-            })
+            });
+            tokio::spawn(health::follow_store(store, config.fault_poll, faults_tx))
         }
         (None, Backend::Profile(_)) => tokio::spawn(async move { faults_tx.closed().await }),
     };
+    // What is published follows both the faults and the inventory (which changes when
+    // a node label it derives from, the NVLink clique, changes).
+    let (inventory_tx, inventory_rx) = watch::channel(inventory.clone());
+    metrics.set_devices(GPU_DRIVER, inventory.gpus.len(), 0);
     let tainting = {
-        let mut rx = faults_rx.clone();
-        let publisher = publisher.clone();
-        let (node_ref, inventory) = (node_ref.clone(), inventory.clone());
+        let (mut faults, mut inventories) = (faults_rx.clone(), inventory_rx.clone());
+        let (publisher, node_ref, metrics) = (publisher.clone(), node_ref.clone(), metrics.clone());
+        let states: Vec<Arc<Mutex<NodeState>>> = std::iter::once(state.clone()).chain(nic_state.clone()).collect();
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let unhealthy = rx.borrow_and_update().for_node(&node_ref.name);
-                tracing::info!(?unhealthy, "device health changed");
-                publisher.set_pool(
-                    GPU_DRIVER,
-                    node_ref.clone(),
-                    attributes::gpu_devices(&inventory, &unhealthy, &now()),
-                );
+            loop {
+                tokio::select! {
+                    changed = faults.changed() => if changed.is_err() { break },
+                    changed = inventories.changed() => {
+                        if changed.is_err() { break }
+                        let inventory = inventories.borrow_and_update().clone();
+                        for s in &states {
+                            s.lock().await.set_inventory(inventory.clone());
+                        }
+                    }
+                }
+                let unhealthy = faults.borrow_and_update().for_node(&node_ref.name);
+                let inventory = inventories.borrow().clone();
+                tracing::info!(?unhealthy, "publishing device state");
+                let devices = attributes::gpu_devices(&inventory, &unhealthy, &now());
+                let tainted = devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
+                metrics.set_devices(GPU_DRIVER, devices.len(), tainted);
+                publisher.set_pool(GPU_DRIVER, node_ref.clone(), devices);
+            }
+        })
+    };
+    let relabelled = tokio::spawn(follow_node_labels(client.clone(), ctx, discovery, inventory_tx));
+    let published = {
+        let (publisher, metrics) = (publisher.clone(), metrics.clone());
+        tokio::spawn(async move {
+            'retry: loop {
+                for key in publisher.pools() {
+                    if let Err(e) = publisher.reconcile(&key).await {
+                        tracing::warn!(error = %e, "publishing this node's slices; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue 'retry;
+                    }
+                }
+                return metrics.set_published();
             }
         })
     };
@@ -209,6 +343,16 @@ pub async fn run(
     // driver: the kubelet calls a driver's plugin for the claims' results of that driver.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (gpu_registered_tx, gpu_registered) = watch::channel(None);
+    {
+        let (mut rx, metrics) = (gpu_registered.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                if let Some(verdict) = *rx.borrow_and_update() {
+                    metrics.set_registered(GPU_DRIVER, verdict);
+                }
+            }
+        });
+    }
     let (nic_registered_tx, nic_registered) = watch::channel(None);
     let rejected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -248,7 +392,13 @@ pub async fn run(
     let served = gpu_served.and(nic_served);
     publishing.abort();
     tainting.abort();
+    relabelled.abort();
+    published.abort();
     health_source.abort();
+    let _ = http_stop_tx.send(true);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     if config.remove_slices_on_exit {
         publisher.remove_all().await?;
         tracing::info!("removed our ResourceSlices");

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod discovery;
 pub mod fleet;
 pub mod health;
+pub mod metrics;
 pub mod plugin;
 pub mod prepare;
 pub mod publisher;

@@ -35,13 +35,17 @@ struct BackendArgs {
     /// sysfs root for PCI facts (NVML backend).
     #[arg(long, default_value = "/sys")]
     sysfs_root: PathBuf,
+    /// NVML library to load (NVML backend) [default: libnvidia-ml.so.1 from the loader's
+    /// path], e.g. under a driver root, or the project's fake library.
+    #[arg(long, env = "PHALANX_NVML_LIBRARY")]
+    nvml_library: Option<PathBuf>,
 }
 
 impl BackendArgs {
     fn backend(&self) -> Backend {
         match &self.profile {
             Some(p) => Backend::Profile(p.clone()),
-            None => Backend::Nvml { sysfs: self.sysfs_root.clone() },
+            None => Backend::Nvml { sysfs: self.sysfs_root.clone(), library: self.nvml_library.clone() },
         }
     }
 }
@@ -70,12 +74,34 @@ enum Command {
         /// Fault-injection file: lines `<device> <reason>` mark devices unhealthy.
         #[arg(long)]
         fault_file: Option<PathBuf>,
-        /// How often the fault file is re-read, in milliseconds.
+        /// How often the fault file (or the fault store) is re-read, in milliseconds.
         #[arg(long, default_value_t = 500)]
         fault_poll_ms: u64,
+        /// How often row remapping is polled through NVML, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        remap_poll_ms: u64,
         /// Delete this node's ResourceSlices when stopping.
         #[arg(long)]
         remove_slices_on_exit: bool,
+        /// Serve /metrics, /healthz and /readyz on this address, e.g. 0.0.0.0:9464 (the
+        /// chart's); empty: not served.
+        #[arg(long, env = "PHALANX_HTTP_ADDR", default_value = "")]
+        http_addr: String,
+        /// Persisted GPU faults [default: <kubelet-root>/plugins/gpu.phalanx.dev/faults.json].
+        #[arg(long)]
+        fault_store: Option<PathBuf>,
+    },
+    /// List or clear the GPU faults this node's agent persisted (they taint a device
+    /// until cleared); the running agent picks up a clear within a second.
+    Faults {
+        #[command(subcommand)]
+        action: FaultsAction,
+        /// The kubelet's root directory.
+        #[arg(long, default_value = "/var/lib/kubelet", global = true)]
+        kubelet_root: PathBuf,
+        /// The fault store [default: <kubelet-root>/plugins/gpu.phalanx.dev/faults.json].
+        #[arg(long, global = true)]
+        fault_store: Option<PathBuf>,
     },
     /// Publish a profile's devices for many (fake) nodes from one process.
     Publish {
@@ -101,6 +127,16 @@ enum Command {
         #[arg(long)]
         remove_slices_on_exit: bool,
     },
+    /// Write the sysfs tree (PCI links and NUMA nodes) of a profile's machine into a
+    /// directory: with the fake NVML library, the NVML backend then runs without a GPU.
+    FakeSysfs {
+        /// The profile.
+        #[arg(long)]
+        profile: String,
+        /// The directory to write (used as --sysfs-root).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the devices discovery finds, as YAML.
     Discover {
         #[command(flatten)]
@@ -108,6 +144,29 @@ enum Command {
         /// Node name the profile derives identities from.
         #[arg(long, env = "NODE_NAME", default_value = "localhost")]
         node_name: String,
+        /// Node labels discovery may read (`key=value`, repeatable), e.g. the NVLink
+        /// clique `nvidia.com/gpu.clique=<cluster>.<clique>`.
+        #[arg(long = "node-label", value_parser = parse_label)]
+        node_labels: Vec<(String, String)>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[derive(Subcommand)]
+enum FaultsAction {
+    /// Print the persisted faults.
+    List,
+    /// Clear one device's fault, or all with --all.
+    Clear {
+        /// The device, e.g. gpu-3.
+        #[arg(long, required_unless_present = "all")]
+        device: Option<String>,
+        /// Clear every fault.
+        #[arg(long, conflicts_with = "device")]
+        all: bool,
     },
 }
 
@@ -144,8 +203,9 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Discover { backend, node_name } => {
-            let inventory = backend.backend().open()?.discover(&NodeContext::named(node_name))?;
+        Command::Discover { backend, node_name, node_labels } => {
+            let ctx = NodeContext { labels: node_labels.into_iter().collect(), ..NodeContext::named(node_name) };
+            let inventory = backend.backend().open()?.discover(&ctx)?;
             print!("{}", serde_yaml::to_string(&inventory)?);
             Ok(())
         }
@@ -158,8 +218,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_nics,
             fault_file,
             fault_poll_ms,
+            remap_poll_ms,
             remove_slices_on_exit,
+            http_addr,
+            fault_store,
         } => {
+            let http_addr = match http_addr.trim() {
+                "" => None,
+                addr => Some(addr.parse().with_context(|| format!("--http-addr {addr:?} is not host:port"))?),
+            };
             let backend = backend.backend();
             // Fail fast, before touching the apiserver, where NVML is missing.
             backend.open()?;
@@ -173,9 +240,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 publish_nics: !no_nics,
                 fault_file,
                 fault_poll: Duration::from_millis(fault_poll_ms),
+                remap_poll: Duration::from_millis(remap_poll_ms),
                 remove_slices_on_exit,
+                http_addr,
+                fault_store,
             };
             agent::run(config, client, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::FakeSysfs { profile, out } => {
+            let profile = discovery::profile::Profile::load(&profile)?;
+            discovery::fake::write_sysfs(&profile, &out)
+                .with_context(|| format!("writing a fake sysfs tree into {}", out.display()))?;
+            Ok(())
+        }
+        Command::Faults { action, kubelet_root, fault_store } => {
+            let store = health::FaultStore::new(
+                fault_store.unwrap_or_else(|| kubelet_root.join("plugins").join(GPU_DRIVER).join("faults.json")),
+            );
+            match action {
+                FaultsAction::List => {
+                    for (device, fault) in store.load()? {
+                        println!("{device}\t{}\tsince {}", fault.reason, fault.since);
+                    }
+                }
+                FaultsAction::Clear { device, all: _ } => {
+                    let cleared = store.clear(device.as_deref())?;
+                    if cleared.is_empty() {
+                        eprintln!("no fault to clear in {}", store.path().display());
+                    }
+                    for d in cleared {
+                        println!("cleared {d}");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Publish { profile, nodes, node_selector, no_nics, fault_file, once, remove_slices_on_exit } => {

@@ -5,6 +5,7 @@
 //! Both return a plain [`NodeInventory`]; turning it into ResourceSlice devices is the
 //! job of [`crate::attributes`].
 
+pub mod fake;
 pub mod nvml;
 pub mod profile;
 pub mod sysfs;

@@ -38,8 +38,14 @@ impl DraService {
     /// Prepares each claim; the result per UID.
     pub async fn prepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, String>)> {
         let mut out = Vec::with_capacity(claims.len());
+        let metrics = crate::metrics::get();
         for claim in claims {
+            let started = std::time::Instant::now();
             let result = self.prepare_one(&claim).await.map_err(|e| e.to_string());
+            let state = self.state.lock().await;
+            metrics.prepared(state.driver(), result.is_ok(), started.elapsed());
+            metrics.set_prepared_claims(state.driver(), state.prepared().len());
+            drop(state);
             if let Err(e) = &result {
                 tracing::warn!(
                     claim = format!("{}/{}", claim.namespace, claim.name),
@@ -68,7 +74,17 @@ impl DraService {
     /// Unprepares each claim; the error per UID, if any.
     pub async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Option<String>)> {
         let mut state = self.state.lock().await;
-        claims.into_iter().map(|c| (c.uid.clone(), state.unprepare(&c.uid).err().map(|e| e.to_string()))).collect()
+        let metrics = crate::metrics::get();
+        let out = claims
+            .into_iter()
+            .map(|c| {
+                let error = state.unprepare(&c.uid).err().map(|e| e.to_string());
+                metrics.unprepared(state.driver(), error.is_none());
+                (c.uid.clone(), error)
+            })
+            .collect();
+        metrics.set_prepared_claims(state.driver(), state.prepared().len());
+        out
     }
 }
 

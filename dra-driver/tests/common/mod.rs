@@ -116,3 +116,26 @@ pub async fn allocated_claim(client: &kube::Client, ns: &str, name: &str, node: 
     }
     created.metadata.uid.expect("uid")
 }
+
+/// The project's fake `libnvidia-ml.so` (`dra-driver/fake-nvml`), built if needed: the
+/// driver's NVML backend loads it through `--nvml-library`.
+pub fn fake_nvml_library() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin = std::path::Path::new(env!("CARGO_BIN_EXE_phalanx-dra-driver"));
+            let dir = bin.parent().expect("target dir");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // A no-op when `make test` built the workspace; builds it for a narrower run.
+            let status = std::process::Command::new(&cargo)
+                .args(["build", "--quiet", "-p", "phalanx-fake-nvml"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the fake NVML library failed");
+            let lib = dir.join("libphalanx_fake_nvml.so");
+            assert!(lib.exists(), "{} missing after the build", lib.display());
+            lib
+        })
+        .clone()
+}
