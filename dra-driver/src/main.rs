@@ -28,8 +28,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct BackendArgs {
-    /// Fake hardware: a built-in profile (hgx-h100-8, gb200-nvl72, l40s-pcie-8,
-    /// mixed-small) or a profile file. Without it, devices come from NVML.
+    /// Fake hardware: a built-in profile (hgx-h100-8, hgx-h100-8-mig, hgx-h200-8,
+    /// hgx-b200-8, gb200-nvl72, l40s-pcie-8, mixed-small) or a profile file. Without it,
+    /// devices come from NVML.
     #[arg(long, env = "PHALANX_PROFILE")]
     profile: Option<String>,
     /// sysfs root for PCI facts (NVML backend).
