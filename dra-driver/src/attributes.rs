@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, DeviceCapacity, DeviceTaint};
+use k8s_openapi::api::resource::v1::{CounterSet, Device, DeviceAttribute, DeviceCapacity, DeviceTaint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::discovery::{Gpu, Nic, NodeInventory};
+use crate::mig::{self, MigInventory};
 
 /// The GPU driver's name and attribute domain.
 pub const GPU_DRIVER: &str = "gpu.phalanx.dev";
@@ -49,16 +50,20 @@ pub fn bytes_quantity(bytes: u64) -> Quantity {
     Quantity(format!("{value}{suffix}"))
 }
 
-fn string(v: impl Into<String>) -> DeviceAttribute {
+pub(crate) fn string(v: impl Into<String>) -> DeviceAttribute {
     DeviceAttribute { string: Some(v.into()), ..Default::default() }
 }
 
-fn version(v: &str) -> DeviceAttribute {
+pub(crate) fn version(v: &str) -> DeviceAttribute {
     DeviceAttribute { version: Some(semver(v)), ..Default::default() }
 }
 
-fn int(v: i64) -> DeviceAttribute {
+pub(crate) fn int(v: i64) -> DeviceAttribute {
     DeviceAttribute { int: Some(v), ..Default::default() }
+}
+
+pub(crate) fn boolean(v: bool) -> DeviceAttribute {
+    DeviceAttribute { bool: Some(v), ..Default::default() }
 }
 
 fn pci_attributes(attrs: &mut BTreeMap<String, DeviceAttribute>, bus: &str, root: Option<&str>, numa: Option<i64>) {
@@ -71,7 +76,7 @@ fn pci_attributes(attrs: &mut BTreeMap<String, DeviceAttribute>, bus: &str, root
     }
 }
 
-fn taints(name: &str, unhealthy: &Unhealthy, now: &Time) -> Option<Vec<DeviceTaint>> {
+pub(crate) fn taints(name: &str, unhealthy: &Unhealthy, now: &Time) -> Option<Vec<DeviceTaint>> {
     unhealthy.get(name).map(|reason| {
         vec![DeviceTaint {
             key: UNHEALTHY_TAINT.into(),
@@ -129,6 +134,34 @@ pub fn nic_device(nic: &Nic) -> Device {
 /// All GPU devices of a node.
 pub fn gpu_devices(inventory: &NodeInventory, unhealthy: &Unhealthy, now: &Time) -> Vec<Device> {
     inventory.gpus.iter().map(|g| gpu_device(g, unhealthy, now)).collect()
+}
+
+/// A pool's devices and the counter sets they draw on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuPool {
+    /// Devices, GPU by GPU (a MIG-mode GPU followed by its MIG devices).
+    pub devices: Vec<Device>,
+    /// One counter set per MIG-mode GPU.
+    pub shared_counters: Vec<CounterSet>,
+}
+
+/// The GPU pool of a node: GPUs not in MIG mode exactly as [`gpu_devices`] publishes
+/// them; a GPU in MIG mode (per `mig`) as a counter set, its full-GPU device and its MIG
+/// devices (see [`crate::mig`]).
+pub fn gpu_pool(inventory: &NodeInventory, mig: &MigInventory, unhealthy: &Unhealthy, now: &Time) -> GpuPool {
+    let mut pool = GpuPool::default();
+    for gpu in &inventory.gpus {
+        let device = gpu_device(gpu, unhealthy, now);
+        let Some(capability) = mig.capability(gpu.index) else {
+            pool.devices.push(device);
+            continue;
+        };
+        pool.shared_counters.push(mig::counter_set(gpu, capability));
+        pool.devices.push(mig::full_gpu_device(device, gpu, capability));
+        pool.devices
+            .extend(MigInventory::partitions(gpu, capability).map(|d| mig::partition_device(&d, unhealthy, now)));
+    }
+    pool
 }
 
 /// All NIC devices of a node.
@@ -196,5 +229,27 @@ mod tests {
             (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
             (UNHEALTHY_TAINT, Some("xid-79"), "NoSchedule")
         );
+    }
+
+    #[test]
+    fn gpus_without_mig_mode_publish_as_before() {
+        let discovery = ProfileDiscovery::new(Profile::load("hgx-h100-8-mig").unwrap());
+        let ctx = NodeContext::named("n");
+        let (inv, mig) = (discovery.discover(&ctx).unwrap(), discovery.discover_mig(&ctx).unwrap());
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let plain = gpu_devices(&inv, &Unhealthy::new(), &now);
+        let pool = gpu_pool(&inv, &mig, &Unhealthy::new(), &now);
+        assert_eq!(pool.devices[..4], plain[..4], "GPUs 0-3 are not in MIG mode");
+        assert_eq!(
+            pool.shared_counters.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["gpu-4-counters", "gpu-5-counters", "gpu-6-counters", "gpu-7-counters"]
+        );
+        // 4 plain GPUs, then 4 x (the full GPU + 7 + 4 + 3 + 2 + 1 + 1 MIG devices).
+        assert_eq!(pool.devices.len(), 4 + 4 * 19);
+        assert_eq!(pool.devices[4].name, "gpu-4");
+        assert_eq!(pool.devices[5].name, "gpu-4-mig-1g10gb-0");
+        let names: std::collections::BTreeSet<&str> = pool.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names.len(), pool.devices.len(), "device names are unique in the pool");
+        assert_eq!(gpu_pool(&inv, &MigInventory::default(), &Unhealthy::new(), &now).devices, plain);
     }
 }

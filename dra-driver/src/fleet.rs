@@ -9,6 +9,7 @@ use kube::api::ListParams;
 use crate::attributes::{self, GPU_DRIVER, NIC_DRIVER};
 use crate::discovery::{Discovery, NodeContext, NodeInventory};
 use crate::health::Faults;
+use crate::mig::MigInventory;
 use crate::publisher::{NodeRef, Publisher};
 
 /// Why a fleet could not be set up.
@@ -33,7 +34,7 @@ pub enum FleetError {
 
 /// The nodes a fleet publishes for, each with the inventory the profile gives it.
 pub struct Fleet {
-    targets: Vec<(NodeRef, NodeInventory)>,
+    targets: Vec<(NodeRef, NodeInventory, MigInventory)>,
     nics: bool,
 }
 
@@ -78,8 +79,10 @@ impl Fleet {
             let node_ref = NodeRef { name: name.clone(), uid: node.metadata.uid.clone().unwrap_or_default() };
             let ctx =
                 NodeContext { name: name.clone(), index, labels: node.metadata.labels.clone().unwrap_or_default() };
-            let inventory = discovery.discover(&ctx).map_err(|source| FleetError::Discover { node: name, source })?;
-            targets.push((node_ref, inventory));
+            let discovered =
+                discovery.discover(&ctx).and_then(|inventory| Ok((inventory, discovery.discover_mig(&ctx)?)));
+            let (inventory, mig) = discovered.map_err(|source| FleetError::Discover { node: name, source })?;
+            targets.push((node_ref, inventory, mig));
         }
         Ok(Fleet { targets, nics })
     }
@@ -97,9 +100,9 @@ impl Fleet {
     /// Sets every node's pools on `publisher`, with `faults` as device taints.
     pub fn set_pools(&self, publisher: &Publisher, faults: &Faults) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        for (node, inventory) in &self.targets {
-            let devices = attributes::gpu_devices(inventory, &faults.for_node(&node.name), &now);
-            publisher.set_pool(GPU_DRIVER, node.clone(), devices);
+        for (node, inventory, mig) in &self.targets {
+            let pool = attributes::gpu_pool(inventory, mig, &faults.for_node(&node.name), &now);
+            publisher.set_pool_with_counters(GPU_DRIVER, node.clone(), pool.devices, pool.shared_counters);
             if self.nics && !inventory.nics.is_empty() {
                 publisher.set_pool(NIC_DRIVER, node.clone(), attributes::nic_devices(inventory));
             }

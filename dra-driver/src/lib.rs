@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
+pub mod mig;
 pub mod plugin;
 pub mod prepare;
 pub mod publisher;

@@ -14,6 +14,7 @@ use crate::attributes::NIC_DRIVER;
 use crate::cdi::{self, CdiWriter, ClaimIdentity};
 use crate::checkpoint::{self, Checkpoint, ClaimState, PreparedClaim, PreparedDevice};
 use crate::discovery::NodeInventory;
+use crate::mig::{self, MigInventory};
 
 /// Why a claim could not be prepared or unprepared (reported per claim to the kubelet).
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,10 @@ pub enum Error {
         /// This node.
         node: String,
     },
-    /// Another claim holds the device.
+    /// A MIG device this node does not have (the driver creates none).
+    #[error(transparent)]
+    Mig(#[from] mig::Error),
+    /// Another claim holds the device (or, for MIG, hardware it shares).
     #[error("device {device} is already prepared for claim {holder} ({holder_uid}); refusing to share it")]
     DeviceBusy {
         /// The device.
@@ -87,6 +91,7 @@ pub struct NodeState {
     driver: String,
     node: String,
     inventory: NodeInventory,
+    mig: MigInventory,
     checkpoint: Checkpoint,
     cdi: CdiWriter,
 }
@@ -110,7 +115,8 @@ impl NodeState {
         checkpoint: Checkpoint,
         cdi: CdiWriter,
     ) -> Result<(NodeState, Recovery), Error> {
-        let mut state = NodeState { driver: driver.into(), node: node.into(), inventory, checkpoint, cdi };
+        let mig = MigInventory::default();
+        let mut state = NodeState { driver: driver.into(), node: node.into(), inventory, mig, checkpoint, cdi };
         let abandoned: Vec<String> = state
             .checkpoint
             .data
@@ -140,6 +146,14 @@ impl NodeState {
         self.inventory.gpus.iter().map(|g| g.device_name()).collect()
     }
 
+    /// Sets the node's GPUs in MIG mode (none by default): their MIG devices can then be
+    /// prepared, and a MIG device and its GPU, or two MIG devices sharing a memory slice,
+    /// count as one device for [`Error::DeviceBusy`].
+    pub fn with_mig(mut self, mig: MigInventory) -> Self {
+        self.mig = mig;
+        self
+    }
+
     /// Replaces the inventory (health changes do not change what is prepared).
     pub fn set_inventory(&mut self, inventory: NodeInventory) {
         self.inventory = inventory;
@@ -167,6 +181,11 @@ impl NodeState {
         let mut devices: Vec<PreparedDevice> = Vec::new();
         for r in results.iter().filter(|r| r.driver == self.driver) {
             if r.pool != self.node || !self.has_device(&r.device) {
+                if let Some(e) =
+                    self.mig.why_missing(&self.inventory, &self.node, &r.device).filter(|_| r.pool == self.node)
+                {
+                    return Err(e.into());
+                }
                 return Err(Error::UnknownDevice {
                     claim: format!("{}/{}", wanted.namespace, wanted.name),
                     pool: r.pool.clone(),
@@ -187,9 +206,14 @@ impl NodeState {
             }
         }
         for d in devices.iter().filter(|d| !d.admin_access) {
-            if let Some((uid, holder)) = self.holder_of(&d.device_name, &wanted.uid) {
+            if let Some((uid, holder, held)) = self.holder_of(&d.device_name, &wanted.uid) {
+                let device = if held == d.device_name {
+                    held
+                } else {
+                    format!("{} (it shares hardware with {held})", d.device_name)
+                };
                 return Err(Error::DeviceBusy {
-                    device: d.device_name.clone(),
+                    device,
                     holder: format!("{}/{}", holder.namespace, holder.name),
                     holder_uid: uid,
                 });
@@ -215,7 +239,11 @@ impl NodeState {
                 cdi::nic_claim_spec(identity, &self.node, &nics)
             } else {
                 let gpus: Vec<_> = devices.iter().filter_map(|d| self.inventory.gpu(&d.device_name)).collect();
-                cdi::gpu_claim_spec(identity, &self.node, &gpus)
+                let migs: Vec<_> =
+                    devices.iter().filter_map(|d| self.mig.device(&self.inventory, &d.device_name)).collect();
+                let mut spec = cdi::gpu_claim_spec(identity, &self.node, &gpus);
+                mig::extend_claim_spec(&mut spec, &wanted.uid, &migs);
+                spec
             };
             self.cdi.write(&wanted.uid, &spec)?;
         }
@@ -230,7 +258,7 @@ impl NodeState {
         if self.driver == NIC_DRIVER {
             self.inventory.nics.iter().any(|n| n.device_name() == device)
         } else {
-            self.inventory.gpu(device).is_some()
+            self.inventory.gpu(device).is_some() || self.mig.device(&self.inventory, device).is_some()
         }
     }
 
@@ -239,13 +267,14 @@ impl NodeState {
         &self.driver
     }
 
-    fn holder_of(&self, device: &str, except_uid: &str) -> Option<(String, PreparedClaim)> {
-        self.prepared()
-            .iter()
-            .find(|(uid, c)| {
-                uid.as_str() != except_uid && c.devices.iter().any(|d| d.device_name == device && !d.admin_access)
-            })
-            .map(|(uid, c)| (uid.clone(), c.clone()))
+    /// Another claim holding `device` or hardware it shares: `(uid, claim, its device)`.
+    fn holder_of(&self, device: &str, except_uid: &str) -> Option<(String, PreparedClaim, String)> {
+        self.prepared().iter().filter(|(uid, _)| uid.as_str() != except_uid).find_map(|(uid, c)| {
+            c.devices
+                .iter()
+                .find(|d| !d.admin_access && self.mig.overlap(&self.inventory, &d.device_name, device))
+                .map(|d| (uid.clone(), c.clone(), d.device_name.clone()))
+        })
     }
 
     /// Unprepares claim `uid`: removes its CDI spec and its record. Unknown UIDs succeed.
@@ -349,6 +378,60 @@ mod tests {
         assert!(matches!(s.prepare(&wanted("u"), &unallocated), Err(Error::NotAllocated(_))));
         let err = s.prepare(&wanted("z"), &claim("z", &["gpu-9"], false)).unwrap_err();
         assert!(matches!(err, Error::UnknownDevice { .. }), "{err}");
+    }
+
+    fn mig_state(dir: &std::path::Path, profile: &str) -> NodeState {
+        let discovery = ProfileDiscovery::new(Profile::load(profile).unwrap());
+        let ctx = NodeContext::named("n");
+        let cp = Checkpoint::load(&dir.join("checkpoint.json"), "boot").unwrap();
+        let cdi = CdiWriter::new(dir.join("cdi"), "gpu.phalanx.dev");
+        let (state, _) =
+            NodeState::recover("gpu.phalanx.dev", "n", discovery.discover(&ctx).unwrap(), cp, cdi).unwrap();
+        state.with_mig(discovery.discover_mig(&ctx).unwrap())
+    }
+
+    #[test]
+    fn mig_devices_are_prepared_like_gpus_on_fake_hardware() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = mig_state(dir.path(), "hgx-h100-8-mig");
+        let got = s.prepare(&wanted("a"), &claim("a", &["gpu-4-mig-1g10gb-0", "gpu-4-mig-3g40gb-4"], false)).unwrap();
+        assert_eq!(got[0].cdi_device_ids[0], "k8s.gpu.phalanx.dev/gpu=a-gpu-4-mig-1g10gb-0");
+        let spec = std::fs::read_to_string(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json")).unwrap();
+        let parent = s.inventory.gpus[4].uuid.clone();
+        for want in [
+            "\"name\": \"a-gpu-4-mig-1g10gb-0\"",
+            "PHALANX_MIG_4_0_NAME=gpu-4-mig-1g10gb-0",
+            "PHALANX_MIG_4_0_PROFILE=1g.10gb",
+            &format!("PHALANX_MIG_4_4_PARENT_UUID={parent}"),
+            "PHALANX_MIG_4_4_PROFILE=3g.40gb",
+            "PHALANX_CLAIM_A_MIGS=gpu-4-mig-1g10gb-0,gpu-4-mig-3g40gb-4",
+        ] {
+            assert!(spec.contains(want), "{want} missing from {spec}");
+        }
+        assert!(!spec.contains("PHALANX_GPU_4_"), "the claim did not get the whole GPU: {spec}");
+
+        // The same hardware is refused to another claim, whichever name it goes by.
+        let err = s.prepare(&wanted("b"), &claim("b", &["gpu-4"], false)).unwrap_err();
+        assert!(err.to_string().contains("gpu-4 (it shares hardware with gpu-4-mig-1g10gb-0)"), "{err}");
+        let err = s.prepare(&wanted("c"), &claim("c", &["gpu-4-mig-1g20gb-4"], false)).unwrap_err();
+        assert!(matches!(err, Error::DeviceBusy { .. }), "{err}");
+        s.prepare(&wanted("d"), &claim("d", &["gpu-4-mig-1g10gb-1", "gpu-5"], false)).expect("disjoint slices");
+        let err = s.prepare(&wanted("e"), &claim("e", &["gpu-4-mig-3g40gb-2"], false)).unwrap_err();
+        assert!(matches!(err, Error::Mig(mig::Error::UnknownPartition { .. })), "{err}");
+    }
+
+    #[test]
+    fn mig_devices_that_do_not_exist_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // The NVML backend (and a profile without MIG mode) publishes no MIG devices and creates none.
+        let mut s = state(dir.path());
+        let err = s.prepare(&wanted("a"), &claim("a", &["gpu-4-mig-1g10gb-0"], false)).unwrap_err();
+        assert!(matches!(err, Error::Mig(mig::Error::NotCreated { parent: 4, .. })), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("Dynamic MIG creation needs a real GPU with MIG mode on"), "{text}");
+        assert!(text.contains("this driver does not create MIG devices"), "{text}");
+        assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json").exists());
+        assert!(s.prepared().is_empty(), "nothing recorded");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Publishes device inventories as ResourceSlices: one pool per (driver, node), named
-//! after the node, split into slices of at most 128 devices (64 when any is tainted).
+//! after the node, split into slices of at most 128 devices (64 when any is tainted or
+//! consumes counters). A pool's shared counters (MIG, see [`crate::mig`]) go in slices
+//! of their own, at most 8 counter sets each, after the device slices: the API allows
+//! no devices beside `sharedCounters`.
 //!
 //! [`desired_slices`] and [`in_sync`] are pure; [`Publisher`] applies them against the
 //! apiserver and keeps them applied: a watch on the driver's slices notices slices that
@@ -11,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::resource::v1::{Device, ResourcePool, ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{CounterSet, Device, ResourcePool, ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::watcher;
@@ -22,8 +25,10 @@ use tokio::sync::mpsc;
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "phalanx-dra-driver");
 /// Devices per slice without taints (API limit).
 pub const MAX_DEVICES: usize = 128;
-/// Devices per slice when any device has taints (API limit).
+/// Devices per slice when any device has taints or consumes counters (API limit).
 pub const MAX_DEVICES_TAINTED: usize = 64;
+/// Counter sets per slice (API limit).
+pub const MAX_COUNTER_SETS: usize = 8;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,17 +73,38 @@ pub fn slice_name(node: &str, driver: &str, index: usize) -> String {
 
 /// The slices that publish `devices` of `driver` for `node` at `generation`.
 pub fn desired_slices(driver: &str, node: &NodeRef, devices: &[Device], generation: i64) -> Vec<ResourceSlice> {
-    let per_slice = if devices.iter().any(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())) {
-        MAX_DEVICES_TAINTED
-    } else {
-        MAX_DEVICES
-    };
-    let chunks: Vec<&[Device]> = if devices.is_empty() { vec![&[]] } else { devices.chunks(per_slice).collect() };
-    let count = chunks.len() as i64;
-    chunks
+    desired_pool_slices(driver, node, devices, &[], generation)
+}
+
+/// What one slice of a pool holds.
+enum Part<'a> {
+    Devices(&'a [Device]),
+    Counters(&'a [CounterSet]),
+}
+
+/// The slices that publish `devices` and the `shared_counters` they consume: device
+/// slices first, then counter slices.
+pub fn desired_pool_slices(
+    driver: &str,
+    node: &NodeRef,
+    devices: &[Device],
+    shared_counters: &[CounterSet],
+    generation: i64,
+) -> Vec<ResourceSlice> {
+    let limited = devices.iter().any(|d| {
+        d.taints.as_ref().is_some_and(|t| !t.is_empty()) || d.consumes_counters.as_ref().is_some_and(|c| !c.is_empty())
+    });
+    let per_slice = if limited { MAX_DEVICES_TAINTED } else { MAX_DEVICES };
+    let mut parts: Vec<Part<'_>> = devices.chunks(per_slice).map(Part::Devices).collect();
+    parts.extend(shared_counters.chunks(MAX_COUNTER_SETS).map(Part::Counters));
+    if parts.is_empty() {
+        parts.push(Part::Devices(&[]));
+    }
+    let count = parts.len() as i64;
+    parts
         .into_iter()
         .enumerate()
-        .map(|(i, chunk)| ResourceSlice {
+        .map(|(i, part)| ResourceSlice {
             metadata: ObjectMeta {
                 name: Some(slice_name(&node.name, driver, i)),
                 labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
@@ -96,7 +122,14 @@ pub fn desired_slices(driver: &str, node: &NodeRef, devices: &[Device], generati
                 driver: driver.to_owned(),
                 node_name: Some(node.name.clone()),
                 pool: ResourcePool { name: node.name.clone(), generation, resource_slice_count: count },
-                devices: Some(chunk.to_vec()),
+                devices: match part {
+                    Part::Devices(chunk) => Some(chunk.to_vec()),
+                    Part::Counters(_) => None,
+                },
+                shared_counters: match part {
+                    Part::Devices(_) => None,
+                    Part::Counters(sets) => Some(sets.to_vec()),
+                },
                 ..Default::default()
             },
         })
@@ -118,6 +151,9 @@ fn comparable(spec: &ResourceSliceSpec) -> ResourceSliceSpec {
     }
     if spec.devices.as_ref().is_some_and(Vec::is_empty) {
         spec.devices = None;
+    }
+    if spec.shared_counters.as_ref().is_some_and(Vec::is_empty) {
+        spec.shared_counters = None;
     }
     spec
 }
@@ -158,6 +194,7 @@ pub enum Outcome {
 struct Pool {
     node: NodeRef,
     devices: Vec<Device>,
+    shared_counters: Vec<CounterSet>,
 }
 
 #[derive(Default)]
@@ -227,8 +264,20 @@ impl Publisher {
 
     /// Sets (or replaces) what pool `(driver, node)` should hold and queues it.
     pub fn set_pool(&self, driver: &str, node: NodeRef, devices: Vec<Device>) {
+        self.set_pool_with_counters(driver, node, devices, Vec::new());
+    }
+
+    /// Like [`Publisher::set_pool`], for devices that consume `shared_counters`
+    /// (partitionable devices).
+    pub fn set_pool_with_counters(
+        &self,
+        driver: &str,
+        node: NodeRef,
+        devices: Vec<Device>,
+        shared_counters: Vec<CounterSet>,
+    ) {
         let key = (driver.to_owned(), node.name.clone());
-        self.state.lock().expect("publisher state").pools.insert(key.clone(), Pool { node, devices });
+        self.state.lock().expect("publisher state").pools.insert(key.clone(), Pool { node, devices, shared_counters });
         let _ = self.queue.send(key);
     }
 
@@ -253,14 +302,14 @@ impl Publisher {
         let pool = self.state.lock().expect("publisher state").pools.get(key).cloned();
         let Some(pool) = pool else { return Ok(Outcome::Unchanged) };
         let existing = self.existing(key).await?;
-        let desired = desired_slices(&key.0, &pool.node, &pool.devices, 0);
+        let desired = desired_pool_slices(&key.0, &pool.node, &pool.devices, &pool.shared_counters, 0);
         if in_sync(&existing, &desired) {
             return Ok(Outcome::Unchanged);
         }
         let last = self.state.lock().expect("publisher state").generations.get(key).copied().unwrap_or(0);
         let generation = existing.iter().map(|s| s.spec.pool.generation).max().unwrap_or(0).max(last) + 1;
         self.state.lock().expect("publisher state").generations.insert(key.clone(), generation);
-        let desired = desired_slices(&key.0, &pool.node, &pool.devices, generation);
+        let desired = desired_pool_slices(&key.0, &pool.node, &pool.devices, &pool.shared_counters, generation);
         let by_name: HashMap<String, &ResourceSlice> =
             existing.iter().filter_map(|s| s.metadata.name.clone().map(|n| (n, s))).collect();
         let err = |step| move |source| Error::Api { step, pool: pool_label(key), source };
@@ -463,6 +512,40 @@ mod tests {
         let mut devices: Vec<Device> = (0..128).map(|i| device(i, false)).collect();
         devices[5] = device(5, true);
         assert_eq!(desired_slices("d", &node(), &devices, 1).len(), 2);
+    }
+
+    #[test]
+    fn counter_sets_get_slices_of_their_own_and_count_in_the_pool() {
+        use k8s_openapi::api::resource::v1::{Counter, DeviceCounterConsumption};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let set = |i: usize| CounterSet {
+            name: format!("gpu-{i}-counters"),
+            counters: BTreeMap::from([("memory-slice-0".to_owned(), Counter { value: Quantity("1".into()) })]),
+        };
+        let sets: Vec<CounterSet> = (0..10).map(set).collect();
+        let devices: Vec<Device> = (0..70)
+            .map(|i| Device {
+                consumes_counters: Some(vec![DeviceCounterConsumption {
+                    counter_set: format!("gpu-{}-counters", i % 10),
+                    counters: set(0).counters,
+                    compatibility_groups: None,
+                }]),
+                ..device(i, false)
+            })
+            .collect();
+        let slices = desired_pool_slices("d", &node(), &devices, &sets, 3);
+        // 70 devices consuming counters: 64 + 6; 10 counter sets: 8 + 2.
+        let shape: Vec<(usize, usize)> = slices
+            .iter()
+            .map(|s| (s.spec.devices.as_ref().map_or(0, Vec::len), s.spec.shared_counters.as_ref().map_or(0, Vec::len)))
+            .collect();
+        assert_eq!(shape, [(64, 0), (6, 0), (0, 8), (0, 2)]);
+        assert!(slices.iter().all(|s| s.spec.pool.resource_slice_count == 4 && s.spec.pool.generation == 3));
+        assert!(slices.iter().all(|s| s.spec.node_name.as_deref() == Some("node-a")));
+        assert!(in_sync(&slices, &desired_pool_slices("d", &node(), &devices, &sets, 9)));
+        assert!(!in_sync(&slices, &desired_pool_slices("d", &node(), &devices, &sets[..9], 9)));
+        assert_eq!(desired_pool_slices("d", &node(), &[], &sets[..1], 1).len(), 1, "counters alone: one slice");
+        assert_eq!(desired_slices("d", &node(), &[], 1)[0].spec.devices.as_deref(), Some(&[][..]), "an empty pool");
     }
 
     #[test]

@@ -352,3 +352,110 @@ async fn a_node_agent_watches_only_its_own_nodes_slices() {
     );
     task.abort();
 }
+
+/// Bound to a node (`true`) or reported unschedulable (`false`), once kube-scheduler decided.
+async fn scheduled(pods: &Api<Pod>, name: &str) -> bool {
+    let decided = |p: Option<&Pod>| {
+        p.is_some_and(|p| {
+            p.spec.as_ref().is_some_and(|s| s.node_name.is_some())
+                || p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                })
+        })
+    };
+    let pod = wait::until(pods, name, TIMEOUT, "scheduled or unschedulable", decided).await;
+    pod.spec.and_then(|s| s.node_name).is_some()
+}
+
+/// MIG as partitionable devices on the real apiserver: the counter slice and the two
+/// device slices of an hgx-h100-8-mig node are accepted and read back unchanged, and the
+/// upstream kube-scheduler keeps within the counters: seven 1g.10gb on GPU 4 fit, an
+/// eighth does not, nor does GPU 4 whole; GPU 5 whole still does.
+#[tokio::test]
+async fn mig_gpus_publish_shared_counters_and_kube_scheduler_never_over_commits_them() {
+    use k8s_openapi::api::resource::v1::DeviceClass;
+    use phalanx_dra_driver::attributes;
+    use phalanx_dra_driver::discovery::Discovery;
+    use phalanx_dra_driver::discovery::profile::{Profile, ProfileDiscovery};
+
+    let env = TestEnv::start(Options::default().kube_scheduler(true)).await.expect("control plane with kube-scheduler");
+    let client = env.client();
+    device_classes(&client).await;
+    let mig_class: DeviceClass = from_json(
+        json!({ "metadata": { "name": "mig.gpu.phalanx.dev" }, "spec": { "selectors": [
+        { "cel": { "expression": "device.driver == 'gpu.phalanx.dev' && device.attributes['gpu.phalanx.dev'].type == 'mig'" } }
+    ] } }),
+    );
+    Api::<DeviceClass>::all(client.clone()).create(&PostParams::default(), &mig_class).await.expect("MIG class");
+
+    let node = create_node(&client, "mig-node", json!({})).await;
+    let ctx = NodeContext::named("mig-node");
+    let discovery = ProfileDiscovery::new(Profile::load("hgx-h100-8-mig").expect("profile"));
+    let inv = discovery.discover(&ctx).expect("inventory");
+    let mig = discovery.discover_mig(&ctx).expect("MIG GPUs");
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let pool = attributes::gpu_pool(&inv, &mig, &Default::default(), &now);
+    let publisher = Publisher::new(client.clone());
+    publisher.set_pool_with_counters(GPU_DRIVER, node.clone(), pool.devices.clone(), pool.shared_counters.clone());
+    let key = (GPU_DRIVER.to_owned(), node.name.clone());
+    assert_eq!(publisher.reconcile(&key).await.expect("accepted by the apiserver"), Outcome::Written(1));
+
+    let mut slices = slices_of(&client, GPU_DRIVER, &node.name).await;
+    slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    assert_eq!(slices.len(), 3, "80 devices consuming counters (64 per slice) and one counter slice");
+    assert!(slices.iter().all(|s| s.spec.pool.resource_slice_count == 3 && s.spec.pool.generation == 1));
+    let devices: Vec<_> = slices.iter().flat_map(|s| s.spec.devices.clone().unwrap_or_default()).collect();
+    assert_eq!(devices, pool.devices, "devices read back as written");
+    let counters: Vec<_> = slices.iter().flat_map(|s| s.spec.shared_counters.clone().unwrap_or_default()).collect();
+    assert_eq!(counters, pool.shared_counters, "counter sets read back as written");
+    assert!(
+        slices.iter().all(|s| s.spec.devices.is_none() || s.spec.shared_counters.is_none()),
+        "never both in one slice"
+    );
+    assert_eq!(publisher.reconcile(&key).await.unwrap(), Outcome::Unchanged);
+
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let request = |class: &str, expr: String| {
+        json!({ "requests": [{ "name": "gpu", "exactly": {
+            "deviceClassName": class, "selectors": [{ "cel": { "expression": expr } }]
+        } }] })
+    };
+    let small = request(
+        "mig.gpu.phalanx.dev",
+        "device.attributes['gpu.phalanx.dev'].migProfile == '1g.10gb' && device.attributes['gpu.phalanx.dev'].parentIndex == 4".into(),
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("small-{i}")).collect();
+    for name in &names {
+        claims.create(&PostParams::default(), &claim(name, small.clone())).await.expect("claim accepted");
+        pods.create(&PostParams::default(), &pod(name, name)).await.expect("pod accepted");
+    }
+    let mut bound = Vec::new();
+    for name in &names {
+        if scheduled(&pods, name).await {
+            bound.extend(allocated(&claims, &pods, name).await.into_iter().map(|(_, _, device)| device));
+        }
+    }
+    bound.sort();
+    let expected: Vec<String> = (0..7).map(|s| format!("gpu-4-mig-1g10gb-{s}")).collect();
+    assert_eq!(bound, expected, "seven 1g.10gb on GPU 4, each once; the eighth stays pending");
+
+    let whole = |name: &str, index: usize| {
+        (
+            name.to_owned(),
+            request(
+                "gpu.phalanx.dev",
+                format!("device.attributes['gpu.phalanx.dev'].uuid == '{}'", inv.gpus[index].uuid),
+            ),
+        )
+    };
+    for (name, spec) in [whole("whole-4", 4), whole("whole-5", 5)] {
+        claims.create(&PostParams::default(), &claim(&name, spec)).await.expect("claim accepted");
+        pods.create(&PostParams::default(), &pod(&name, &name)).await.expect("pod accepted");
+    }
+    assert!(!scheduled(&pods, "whole-4").await, "GPU 4 is in use by its MIG devices");
+    assert!(scheduled(&pods, "whole-5").await, "GPU 5's counters are its own");
+    assert_eq!(device_set(&allocated(&claims, &pods, "whole-5").await), set(&[("mig-node", "gpu-5")]));
+}

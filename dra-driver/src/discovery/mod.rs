@@ -175,6 +175,14 @@ impl NodeInventory {
 pub trait Discovery: Send + Sync {
     /// Discovers the devices of `node`.
     fn discover(&self, node: &NodeContext) -> Result<NodeInventory, Error>;
+
+    /// The GPUs of `node` in MIG mode, with what each can be partitioned into (published
+    /// as partitionable devices, see [`crate::mig`]). None by default: only fake hardware
+    /// (profiles with `migEnabled` GPU slots) publishes MIG devices.
+    fn discover_mig(&self, node: &NodeContext) -> Result<crate::mig::MigInventory, Error> {
+        let _ = node;
+        Ok(crate::mig::MigInventory::default())
+    }
 }
 
 /// Keeps an NVLink domain name within the 64 characters a string attribute may hold:

@@ -4,6 +4,10 @@
 //! NVLink islands (and, for multi-node NVLink, how nodes group into domains), and the
 //! NICs. Per-node identities (UUIDs, the NVLink domain) are derived from the node's name,
 //! index and labels, so one profile serves thousands of fake nodes.
+//!
+//! A model may declare what MIG can cut it into (`mig:`); a GPU slot with
+//! `migEnabled: true` is in MIG mode and is published as partitionable devices
+//! (see [`crate::mig`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,17 +16,21 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{Discovery, Error, Gpu, Nic, NodeContext, NodeInventory, bounded_attribute, sysfs};
+use crate::mig::{MigCapability, MigGpu, MigInventory};
 
 /// The profiles shipped inside the binary: `(name, YAML)`.
 pub const BUILTIN: &[(&str, &str)] = &[
     ("hgx-h100-8", include_str!("../../profiles/hgx-h100-8.yaml")),
+    ("hgx-h100-8-mig", include_str!("../../profiles/hgx-h100-8-mig.yaml")),
+    ("hgx-h200-8", include_str!("../../profiles/hgx-h200-8.yaml")),
+    ("hgx-b200-8", include_str!("../../profiles/hgx-b200-8.yaml")),
     ("gb200-nvl72", include_str!("../../profiles/gb200-nvl72.yaml")),
     ("l40s-pcie-8", include_str!("../../profiles/l40s-pcie-8.yaml")),
     ("mixed-small", include_str!("../../profiles/mixed-small.yaml")),
 ];
 
 /// A GPU model: what every GPU of that kind reports.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GpuModel {
     /// NVML product name.
@@ -33,6 +41,9 @@ pub struct GpuModel {
     pub cuda_compute_capability: String,
     /// Total memory in bytes.
     pub memory_bytes: u64,
+    /// What MIG can partition it into; absent for GPUs without MIG.
+    #[serde(default)]
+    pub mig: Option<MigCapability>,
 }
 
 /// One GPU slot of the machine.
@@ -50,6 +61,9 @@ pub struct GpuSlot {
     pub pcie_root: String,
     /// NUMA node of the PCI device, if any.
     pub numa_node: Option<i64>,
+    /// MIG mode is on (the model must declare `mig`); default off.
+    #[serde(default)]
+    pub mig_enabled: bool,
 }
 
 /// One NIC port.
@@ -123,13 +137,24 @@ impl Profile {
     pub fn parse(origin: &str, yaml: &str) -> Result<Profile, Error> {
         let invalid = |message: String| Error::InvalidProfile { path: origin.to_owned(), message };
         let mut profile: Profile = serde_yaml::from_str(yaml).map_err(|e| invalid(e.to_string()))?;
+        for (key, model) in &profile.models {
+            if let Some(mig) = &model.mig {
+                mig.validate(model.memory_bytes).map_err(|m| invalid(format!("model {key}: mig: {m}")))?;
+            }
+        }
         let mut indexes = BTreeSet::new();
         for gpu in &mut profile.gpus {
             if !indexes.insert(gpu.index) {
                 return Err(invalid(format!("GPU index {} appears twice", gpu.index)));
             }
-            if !profile.models.contains_key(&gpu.model) {
+            let Some(model) = profile.models.get(&gpu.model) else {
                 return Err(invalid(format!("GPU {} uses unknown model {:?}", gpu.index, gpu.model)));
+            };
+            if gpu.mig_enabled && model.mig.is_none() {
+                return Err(invalid(format!(
+                    "GPU {} sets migEnabled but its model {:?} declares no mig (what MIG can partition it into)",
+                    gpu.index, gpu.model
+                )));
             }
             gpu.pci_bus_id = sysfs::normalize_bus_id(&gpu.pci_bus_id).map_err(|e| invalid(e.to_string()))?;
         }
@@ -258,6 +283,20 @@ impl Discovery for ProfileDiscovery {
             .collect();
         Ok(NodeInventory { gpus, nics })
     }
+
+    fn discover_mig(&self, _node: &NodeContext) -> Result<MigInventory, Error> {
+        let p = &self.profile;
+        let gpus = p
+            .gpus
+            .iter()
+            .filter(|slot| slot.mig_enabled)
+            .filter_map(|slot| {
+                let capability = p.models[&slot.model].mig.clone()?;
+                Some(MigGpu { index: slot.index, capability })
+            })
+            .collect();
+        Ok(MigInventory { gpus })
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +369,39 @@ mod tests {
         let b = inventory("hgx-h100-8", &NodeContext::named("b"));
         assert_ne!(a.gpus[0].uuid, b.gpus[0].uuid);
         assert_eq!(a, inventory("hgx-h100-8", &NodeContext::named("a")));
+    }
+
+    #[test]
+    fn the_mig_profile_is_the_hgx_h100_with_mig_mode_on_gpus_4_to_7() {
+        let plain = Profile::load("hgx-h100-8").unwrap();
+        let mig = Profile::load("hgx-h100-8-mig").unwrap();
+        assert_eq!(plain.models, mig.models, "one set of H100 facts");
+        let enabled: Vec<u32> = mig.gpus.iter().filter(|g| g.mig_enabled).map(|g| g.index).collect();
+        assert_eq!(enabled, [4, 5, 6, 7]);
+        assert!(plain.gpus.iter().all(|g| !g.mig_enabled), "MIG mode is off unless a slot turns it on");
+        let ctx = NodeContext::named("n");
+        assert_eq!(inventory("hgx-h100-8-mig", &ctx).gpus.len(), 8);
+        let layout = ProfileDiscovery::new(mig).discover_mig(&ctx).unwrap();
+        assert_eq!(layout.gpus.iter().map(|g| g.index).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        assert!(ProfileDiscovery::new(plain).discover_mig(&ctx).unwrap().gpus.is_empty());
+    }
+
+    #[test]
+    fn invalid_mig_settings_are_rejected_with_reasons() {
+        // GPU 0's line (NIC 0 shares its root and comes later).
+        let yaml = BUILTIN[0].1.replacen(
+            "pcieRoot: \"pci0000:17\", numaNode: 0 }",
+            "pcieRoot: \"pci0000:17\", numaNode: 0, migEnabled: true }",
+            1,
+        );
+        assert!(Profile::parse("ok", &yaml).is_ok(), "the H100 model declares mig");
+        let l40s = BUILTIN.iter().find(|(n, _)| *n == "l40s-pcie-8").unwrap().1;
+        let yaml = l40s.replacen("model: l40s,", "model: l40s, migEnabled: true,", 1);
+        let err = Profile::parse("l40s", &yaml).unwrap_err().to_string();
+        assert!(err.contains("sets migEnabled but its model \"l40s\" declares no mig"), "{err}");
+        let yaml = BUILTIN[0].1.replace("placements: [0, 4] }", "placements: [0, 5] }");
+        let err = Profile::parse("bad", &yaml).unwrap_err().to_string();
+        assert!(err.contains("model h100: mig: profile 3g.40gb: placement 5 covers memory slices 5..8"), "{err}");
     }
 
     #[test]
