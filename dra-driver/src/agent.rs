@@ -19,6 +19,7 @@ use crate::discovery::profile::{Profile, ProfileDiscovery};
 use crate::discovery::sysfs::Sysfs;
 use crate::discovery::{self, Discovery, NodeContext, NodeInventory};
 use crate::health::{self, Faults};
+use crate::mig::MigInventory;
 use crate::plugin::{self, HealthSource, PluginConfig};
 use crate::prepare::{self, NodeState};
 use crate::publisher::{self, NodeRef, Publisher};
@@ -117,6 +118,11 @@ pub struct AgentConfig {
     /// Persisted faults (NVML backend); default
     /// `<kubelet root>/plugins/gpu.phalanx.dev/faults.json`.
     pub fault_store: Option<PathBuf>,
+    /// The host's driver files and device nodes (the base CDI device).
+    pub driver_root: crate::driver_root::DriverRoot,
+    /// Host path of this binary for the CDI hooks; default: a copy under the plugin
+    /// directory.
+    pub cdi_hook_path: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -144,7 +150,12 @@ async fn node_context(client: &kube::Client, name: &str) -> Result<(NodeRef, Nod
 /// The prepared-claim state of `driver`: its checkpoint (for the GPU driver
 /// `--checkpoint` when given, else `<kubelet root>/plugins/<driver>/checkpoint.json`)
 /// recovered, and its CDI writer.
-fn open_state(driver: &str, config: &AgentConfig, inventory: &NodeInventory) -> Result<Arc<Mutex<NodeState>>, Error> {
+fn open_state(
+    driver: &str,
+    config: &AgentConfig,
+    inventory: &NodeInventory,
+    mig: &MigInventory,
+) -> Result<Arc<Mutex<NodeState>>, Error> {
     let plugin = PluginConfig { driver: driver.into(), kubelet_root: config.kubelet_root.clone() };
     let default_path = plugin.plugin_dir().join("checkpoint.json");
     let path = match (&config.checkpoint, driver) {
@@ -161,7 +172,15 @@ fn open_state(driver: &str, config: &AgentConfig, inventory: &NodeInventory) -> 
         CdiWriter::new(&config.cdi_root, driver),
     )?;
     tracing::info!(driver, completed = recovery.completed, abandoned = ?recovery.abandoned, "checkpoint recovered");
-    Ok(Arc::new(Mutex::new(state)))
+    // Sharing strategies act on real GPUs only; on fake hardware they edit containers.
+    let sharing = match &config.backend {
+        Backend::Nvml { .. } => crate::sharing::Control::Gpus {
+            root: config.driver_root.clone(),
+            state_dir: plugin.plugin_dir().join("mps"),
+        },
+        Backend::Profile(_) => crate::sharing::Control::FakeHardware,
+    };
+    Ok(Arc::new(Mutex::new(state.with_mig(mig.clone()).with_sharing(sharing))))
 }
 
 /// Re-discovers when the Node's labels change (the NVLink clique label is a fallback
@@ -170,6 +189,7 @@ async fn follow_node_labels(
     client: kube::Client,
     mut ctx: NodeContext,
     discovery: Arc<dyn Discovery>,
+    driver_root: crate::driver_root::DriverRoot,
     inventories: watch::Sender<NodeInventory>,
 ) {
     use futures::StreamExt;
@@ -192,7 +212,8 @@ async fn follow_node_labels(
         }
         ctx.labels = labels;
         match discovery.discover(&ctx) {
-            Ok(inventory) => {
+            Ok(mut inventory) => {
+                driver_root.resolve_device_nodes(&mut inventory);
                 inventories.send_if_modified(|current| {
                     let changed = *current != inventory;
                     if changed {
@@ -207,6 +228,46 @@ async fn follow_node_labels(
     }
 }
 
+/// Writes the node-wide base CDI spec from the driver root, with this binary copied to
+/// the hook path first; returns the writer to remove it with.
+fn write_base_spec(config: &AgentConfig, inventory: &NodeInventory) -> Result<CdiWriter, Error> {
+    let version = inventory.gpus.first().map(|g| g.driver_version.clone()).unwrap_or_default();
+    let files = config.driver_root.discover(&version);
+    let plugin = PluginConfig { driver: GPU_DRIVER.into(), kubelet_root: config.kubelet_root.clone() };
+    let hook = match &config.cdi_hook_path {
+        Some(path) => Some(path.clone()),
+        None if files.links.is_empty() && files.library_dirs.is_empty() => None,
+        None => {
+            let target = plugin.plugin_dir().join("bin/phalanx-dra-driver");
+            let copied = std::env::current_exe().and_then(|exe| {
+                std::fs::create_dir_all(target.parent().unwrap_or(&target))?;
+                let tmp = target.with_extension("new");
+                std::fs::copy(&exe, &tmp)?;
+                std::fs::rename(&tmp, &target)
+            });
+            match copied {
+                Ok(()) => Some(target),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %target.display(), "cannot install the CDI hook; containers get no soname links or ldcache update");
+                    None
+                }
+            }
+        }
+    };
+    let writer = CdiWriter::new(&config.cdi_root, GPU_DRIVER);
+    let path =
+        writer.write_base(&crate::cdi::base_spec(&files, hook.as_deref(), &version)).map_err(prepare::Error::from)?;
+    tracing::info!(
+        path = %path.display(),
+        driver_root = %config.driver_root.root.display(),
+        device_nodes = files.device_nodes.len(),
+        mounts = files.mounts.len(),
+        links = files.links.len(),
+        "wrote the base CDI spec"
+    );
+    Ok(writer)
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: AgentConfig,
@@ -215,7 +276,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let discovery: Arc<dyn Discovery> = Arc::from(config.backend.open()?);
     let (node_ref, ctx) = node_context(&client, &config.node_name).await?;
-    let inventory: NodeInventory = discovery.discover(&ctx)?;
+    let mut inventory: NodeInventory = discovery.discover(&ctx)?;
+    config.driver_root.resolve_device_nodes(&mut inventory);
+    let base = write_base_spec(&config, &inventory)?;
     tracing::info!(node = config.node_name, gpus = inventory.gpus.len(), nics = inventory.nics.len(), "discovered");
     let metrics = crate::metrics::get();
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
@@ -233,9 +296,11 @@ pub async fn run(
         None => None,
     };
 
-    let state = open_state(GPU_DRIVER, &config, &inventory)?;
+    let mig = discovery.discover_mig(&ctx)?;
+    let state = open_state(GPU_DRIVER, &config, &inventory, &mig)?;
+    let gpu_state_for_exit = state.clone();
     let nic_state = if config.publish_nics && !inventory.nics.is_empty() {
-        Some(open_state(NIC_DRIVER, &config, &inventory)?)
+        Some(open_state(NIC_DRIVER, &config, &inventory, &MigInventory::default())?)
     } else {
         None
     };
@@ -252,11 +317,22 @@ pub async fn run(
         _ => Default::default(),
     };
     let (faults_tx, faults_rx) = watch::channel(Faults { all_nodes: persisted.clone(), ..Default::default() });
-    publisher.set_pool(GPU_DRIVER, node_ref.clone(), attributes::gpu_devices(&inventory, &persisted, &now()));
+    let pool = attributes::gpu_pool(&inventory, &mig, &persisted, &now());
+    let tainted = pool.devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
+    metrics.set_devices(GPU_DRIVER, pool.devices.len(), tainted);
+    publisher.set_pool_with_counters(GPU_DRIVER, node_ref.clone(), pool.devices, pool.shared_counters);
     let mut drivers = vec![GPU_DRIVER];
     if config.publish_nics && !inventory.nics.is_empty() {
         publisher.set_pool(NIC_DRIVER, node_ref.clone(), attributes::nic_devices(&inventory));
         drivers.push(NIC_DRIVER);
+    }
+    // The first write happens here, before the publisher's own loop starts (two writers
+    // racing to create the same slice would only conflict): readiness means the node's
+    // devices are in the API.
+    let first_sync = publisher.sync_all().await;
+    match &first_sync {
+        Ok(_) => metrics.set_published(),
+        Err(e) => tracing::warn!(error = %e, "first publish failed; the publisher retries"),
     }
     let publishing = {
         let p = publisher.clone();
@@ -294,10 +370,9 @@ pub async fn run(
     // What is published follows both the faults and the inventory (which changes when
     // a node label it derives from, the NVLink clique, changes).
     let (inventory_tx, inventory_rx) = watch::channel(inventory.clone());
-    metrics.set_devices(GPU_DRIVER, inventory.gpus.len(), 0);
     let tainting = {
         let (mut faults, mut inventories) = (faults_rx.clone(), inventory_rx.clone());
-        let (publisher, node_ref, metrics) = (publisher.clone(), node_ref.clone(), metrics.clone());
+        let (publisher, node_ref, metrics, mig) = (publisher.clone(), node_ref.clone(), metrics.clone(), mig.clone());
         let states: Vec<Arc<Mutex<NodeState>>> = std::iter::once(state.clone()).chain(nic_state.clone()).collect();
         tokio::spawn(async move {
             loop {
@@ -314,22 +389,26 @@ pub async fn run(
                 let unhealthy = faults.borrow_and_update().for_node(&node_ref.name);
                 let inventory = inventories.borrow().clone();
                 tracing::info!(?unhealthy, "publishing device state");
-                let devices = attributes::gpu_devices(&inventory, &unhealthy, &now());
-                let tainted = devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
-                metrics.set_devices(GPU_DRIVER, devices.len(), tainted);
-                publisher.set_pool(GPU_DRIVER, node_ref.clone(), devices);
+                let pool = attributes::gpu_pool(&inventory, &mig, &unhealthy, &now());
+                let tainted = pool.devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
+                metrics.set_devices(GPU_DRIVER, pool.devices.len(), tainted);
+                publisher.set_pool_with_counters(GPU_DRIVER, node_ref.clone(), pool.devices, pool.shared_counters);
             }
         })
     };
-    let relabelled = tokio::spawn(follow_node_labels(client.clone(), ctx, discovery, inventory_tx));
+    let relabelled =
+        tokio::spawn(follow_node_labels(client.clone(), ctx, discovery, config.driver_root.clone(), inventory_tx));
     let published = {
         let (publisher, metrics) = (publisher.clone(), metrics.clone());
         tokio::spawn(async move {
+            if first_sync.is_ok() {
+                return;
+            }
             'retry: loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 for key in publisher.pools() {
                     if let Err(e) = publisher.reconcile(&key).await {
-                        tracing::warn!(error = %e, "publishing this node's slices; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tracing::debug!(error = %e, "checking this node's slices for readiness");
                         continue 'retry;
                     }
                 }
@@ -398,6 +477,13 @@ pub async fn run(
     let _ = http_stop_tx.send(true);
     if let Some(http) = http {
         let _ = http.await;
+    }
+    // The base spec stays while containers may still need it (a restart with running
+    // pods); with no claim prepared it goes, so an uninstall leaves no CDI spec behind.
+    if gpu_state_for_exit.lock().await.prepared().is_empty()
+        && let Err(e) = base.remove_base()
+    {
+        tracing::warn!(error = %e, "removing the base CDI spec");
     }
     if config.remove_slices_on_exit {
         publisher.remove_all().await?;

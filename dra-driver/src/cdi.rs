@@ -20,6 +20,14 @@
 //!
 //! The set of GPUs a container got is the set of `PHALANX_GPU_<i>_UUID` it sees.
 //! `NVIDIA_VISIBLE_DEVICES` is not set: it is one list per container and would collide.
+//!
+//! **The base device** `k8s.gpu.phalanx.dev/gpu=base` (file
+//! `k8s.gpu.phalanx.dev-gpu_base.json`, written when the agent starts): what every
+//! container with a GPU needs from the host driver to run CUDA, as NVIDIA's toolkit
+//! injects it: the control device nodes, the driver libraries and utility binaries
+//! ([`crate::driver_root`]), and two `createContainer` hooks run by this binary
+//! (`phalanx-dra-driver cdi-hook`): recreate the libraries' soname links, and update the
+//! container's linker cache. Each prepared GPU claim lists it with its first device.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +35,70 @@ use serde_json::{Value, json};
 
 use crate::attributes::{GPU_DRIVER, NIC_DRIVER};
 use crate::discovery::{Gpu, Nic};
+use crate::driver_root::DriverFiles;
+
+/// Name of the node-wide base device of the GPU kind.
+pub const BASE_DEVICE: &str = "base";
+
+/// Mount options of driver files (as the NVIDIA toolkit mounts them).
+const MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
+
+/// A device node edit: the container path is `/dev/<file name>` of the host path (the
+/// host path may lie under a device root such as `/run/nvidia/driver`).
+fn device_node(host: &str) -> Value {
+    let name = Path::new(host).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    json!({ "path": format!("/dev/{name}"), "hostPath": host })
+}
+
+/// The base spec: `files` from the driver root; `hook` is the host path of this binary
+/// for the `createContainer` hooks (none when there is nothing for them to do).
+pub fn base_spec(files: &DriverFiles, hook: Option<&Path>, driver_version: &str) -> Value {
+    let mut edits = json!({ "env": [format!("PHALANX_DRIVER_VERSION={driver_version}")] });
+    if !files.device_nodes.is_empty() {
+        edits["deviceNodes"] = files.device_nodes.iter().map(|p| device_node(&p.display().to_string())).collect();
+    }
+    if !files.mounts.is_empty() {
+        edits["mounts"] = files
+            .mounts
+            .iter()
+            .map(|m| {
+                json!({
+                    "hostPath": m.host_path,
+                    "containerPath": m.container_path,
+                    "options": MOUNT_OPTIONS,
+                })
+            })
+            .collect();
+    }
+    let mut hooks = Vec::new();
+    if let Some(hook) = hook {
+        let program = hook.display().to_string();
+        if !files.links.is_empty() {
+            let mut args = vec![program.clone(), "cdi-hook".into(), "create-symlinks".into()];
+            for l in &files.links {
+                args.push("--link".into());
+                args.push(format!("{}::{}", l.target.display(), l.link.display()));
+            }
+            hooks.push(json!({ "hookName": "createContainer", "path": program, "args": args }));
+        }
+        if !files.library_dirs.is_empty() {
+            let mut args = vec![program.clone(), "cdi-hook".into(), "update-ldcache".into()];
+            for d in &files.library_dirs {
+                args.push("--folder".into());
+                args.push(d.display().to_string());
+            }
+            hooks.push(json!({ "hookName": "createContainer", "path": program, "args": args }));
+        }
+    }
+    if !hooks.is_empty() {
+        edits["hooks"] = Value::Array(hooks);
+    }
+    json!({
+        "cdiVersion": CDI_VERSION,
+        "kind": format!("{}/{}", Kind::of(GPU_DRIVER).vendor, Kind::of(GPU_DRIVER).class),
+        "devices": [{ "name": BASE_DEVICE, "containerEdits": edits }],
+    })
+}
 
 /// Lowest CDI version with everything we use: device names start with the claim UID,
 /// which may begin with a digit, and CDI allows that from 0.5.0 on (containerd refuses
@@ -64,6 +136,11 @@ impl Kind {
     /// The qualified CDI device ID of `device` prepared for claim `claim_uid`.
     pub fn device_id(&self, claim_uid: &str, device: &str) -> String {
         format!("{}/{}={claim_uid}-{device}", self.vendor, self.class)
+    }
+
+    /// The qualified ID of the node-wide base device.
+    pub fn base_id(&self) -> String {
+        format!("{}/{}={BASE_DEVICE}", self.vendor, self.class)
     }
 }
 
@@ -132,7 +209,7 @@ pub fn gpu_claim_spec(claim: ClaimIdentity<'_>, node: &str, gpus: &[&Gpu]) -> Va
                 format!("PHALANX_GPU_{i}_NVLINK_ISLAND={}", opt(&g.nvlink_island)),
             ] });
             if !g.device_nodes.is_empty() {
-                edits["deviceNodes"] = g.device_nodes.iter().map(|p| json!({ "path": p })).collect();
+                edits["deviceNodes"] = g.device_nodes.iter().map(|p| device_node(p)).collect();
             }
             (g.device_name(), edits)
         })
@@ -199,6 +276,16 @@ impl CdiWriter {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Writes the node-wide base spec (see [`base_spec`]).
+    pub fn write_base(&self, spec: &Value) -> Result<PathBuf, Error> {
+        self.write(BASE_DEVICE, spec)
+    }
+
+    /// Removes the base spec.
+    pub fn remove_base(&self) -> Result<(), Error> {
+        self.remove(BASE_DEVICE)
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +349,37 @@ mod tests {
         assert_eq!(merged["PHALANX_CLAIM_B_GPUS"], "gpu-2");
         assert_eq!(merged["PHALANX_CLAIM_C_NICS"], "nic-0");
         assert_eq!(merged["PHALANX_NIC_0_INTERFACE"], inv.nics[0].interface_name);
+    }
+
+    #[test]
+    fn the_base_spec_injects_driver_files_and_hooks() {
+        use crate::driver_root::{Link, Mount};
+        let files = DriverFiles {
+            device_nodes: vec![PathBuf::from("/run/nvidia/driver/dev/nvidiactl")],
+            mounts: vec![Mount {
+                host_path: "/run/nvidia/driver/usr/lib64/libcuda.so.570.124.06".into(),
+                container_path: "/usr/lib64/libcuda.so.570.124.06".into(),
+            }],
+            links: vec![Link { link: "/usr/lib64/libcuda.so.1".into(), target: "libcuda.so.570.124.06".into() }],
+            library_dirs: [PathBuf::from("/usr/lib64")].into(),
+        };
+        let spec =
+            base_spec(&files, Some(Path::new("/var/lib/kubelet/plugins/gpu.phalanx.dev/bin/hook")), "570.124.06");
+        let edits = &spec["devices"][0]["containerEdits"];
+        assert_eq!(spec["devices"][0]["name"], BASE_DEVICE);
+        assert_eq!(
+            edits["deviceNodes"][0],
+            json!({ "path": "/dev/nvidiactl", "hostPath": "/run/nvidia/driver/dev/nvidiactl" })
+        );
+        assert_eq!(edits["mounts"][0]["containerPath"], "/usr/lib64/libcuda.so.570.124.06");
+        let hooks = edits["hooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0]["args"][4], "libcuda.so.570.124.06::/usr/lib64/libcuda.so.1");
+        assert_eq!(hooks[1]["args"][2], "update-ldcache");
+        assert_eq!(Kind::of(GPU_DRIVER).base_id(), "k8s.gpu.phalanx.dev/gpu=base");
+        // With nothing found there is still a valid device (CDI refuses one without edits).
+        let empty = base_spec(&DriverFiles::default(), None, "1.2.3");
+        assert_eq!(empty["devices"][0]["containerEdits"], json!({ "env": ["PHALANX_DRIVER_VERSION=1.2.3"] }));
     }
 
     #[test]

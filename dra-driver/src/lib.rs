@@ -8,8 +8,11 @@
 pub mod agent;
 pub mod attributes;
 pub mod cdi;
+pub mod cdi_hook;
 pub mod checkpoint;
+pub mod config;
 pub mod discovery;
+pub mod driver_root;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
@@ -17,6 +20,7 @@ pub mod mig;
 pub mod plugin;
 pub mod prepare;
 pub mod publisher;
+pub mod sharing;
 pub mod uds;
 
 /// Code generated from our own `.proto` files (see `proto/`).

@@ -51,6 +51,8 @@ impl BackendArgs {
     }
 }
 
+// Parsed once per process; boxing the large `run` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: publisher + kubelet plugin + health.
@@ -91,6 +93,28 @@ enum Command {
         /// Persisted GPU faults [default: <kubelet-root>/plugins/gpu.phalanx.dev/faults.json].
         #[arg(long)]
         fault_store: Option<PathBuf>,
+        /// Root of the host's NVIDIA driver files (libraries, nvidia-smi), injected into
+        /// GPU containers by the base CDI device: `/` for a driver installed on the
+        /// host, `/run/nvidia/driver` for the GPU operator's driver container.
+        #[arg(long, env = "PHALANX_DRIVER_ROOT", default_value = "/")]
+        driver_root: PathBuf,
+        /// Root under which `dev/nvidia*` device nodes are found [default: the driver root].
+        #[arg(long, env = "PHALANX_DEV_ROOT")]
+        dev_root: Option<PathBuf>,
+        /// Where the host's `/` is mounted in this container (the DaemonSet mounts it at
+        /// /host); the driver and device roots are read there.
+        #[arg(long, env = "PHALANX_HOST_MOUNT", default_value = "/")]
+        host_mount: PathBuf,
+        /// Host path of this binary for the CDI hooks [default: a copy at
+        /// <kubelet-root>/plugins/gpu.phalanx.dev/bin/phalanx-dra-driver].
+        #[arg(long)]
+        cdi_hook_path: Option<PathBuf>,
+    },
+    /// OCI createContainer hooks of the base CDI device (run by the container runtime,
+    /// with the container's state on stdin).
+    CdiHook {
+        #[command(subcommand)]
+        hook: HookCommand,
     },
     /// List or clear the GPU faults this node's agent persisted (they taint a device
     /// until cleared); the running agent picks up a clear within a second.
@@ -154,6 +178,22 @@ enum Command {
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[derive(Subcommand)]
+enum HookCommand {
+    /// Recreate the driver libraries' soname links in the container.
+    CreateSymlinks {
+        /// `<target>::<link>`, repeatable.
+        #[arg(long = "link")]
+        links: Vec<String>,
+    },
+    /// Name the library folders for the container's linker and rebuild its cache.
+    UpdateLdcache {
+        /// A library folder, repeatable.
+        #[arg(long = "folder")]
+        folders: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             remove_slices_on_exit,
             http_addr,
             fault_store,
+            driver_root,
+            dev_root,
+            host_mount,
+            cdi_hook_path,
         } => {
             let http_addr = match http_addr.trim() {
                 "" => None,
@@ -245,8 +289,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 remove_slices_on_exit,
                 http_addr,
                 fault_store,
+                driver_root: phalanx_dra_driver::driver_root::DriverRoot {
+                    dev_root: dev_root.unwrap_or_else(|| driver_root.clone()),
+                    root: driver_root,
+                    host_mount,
+                },
+                cdi_hook_path,
             };
             agent::run(config, client, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::CdiHook { hook } => {
+            use phalanx_dra_driver::cdi_hook;
+            let rootfs = cdi_hook::rootfs_from_stdin()?;
+            match hook {
+                HookCommand::CreateSymlinks { links } => {
+                    cdi_hook::create_symlinks(&rootfs, &links)?;
+                }
+                HookCommand::UpdateLdcache { folders } => {
+                    cdi_hook::update_ldcache(&rootfs, &folders, &cdi_hook::LDCONFIGS)?;
+                }
+            }
             Ok(())
         }
         Command::FakeSysfs { profile, out } => {

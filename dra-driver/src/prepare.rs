@@ -13,8 +13,10 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 use crate::attributes::NIC_DRIVER;
 use crate::cdi::{self, CdiWriter, ClaimIdentity};
 use crate::checkpoint::{self, Checkpoint, ClaimState, PreparedClaim, PreparedDevice};
+use crate::config;
 use crate::discovery::NodeInventory;
 use crate::mig::{self, MigInventory};
+use crate::sharing;
 
 /// Why a claim could not be prepared or unprepared (reported per claim to the kubelet).
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,24 @@ pub enum Error {
     /// The CDI spec could not be written or removed.
     #[error(transparent)]
     Cdi(#[from] cdi::Error),
+    /// The claim's opaque `GpuConfig` is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The sharing strategy could not be applied.
+    #[error(transparent)]
+    Sharing(#[from] sharing::Error),
+    /// A MIG device asks for sharing (only whole GPUs are shared).
+    #[error(
+        "claim {claim}: device {device} is a MIG device; its config asks for {strategy:?} sharing, which only whole GPUs support"
+    )]
+    MigSharing {
+        /// `namespace/name`.
+        claim: String,
+        /// The device.
+        device: String,
+        /// The strategy asked for.
+        strategy: config::Strategy,
+    },
 }
 
 /// A claim as the kubelet names it.
@@ -94,6 +114,8 @@ pub struct NodeState {
     mig: MigInventory,
     checkpoint: Checkpoint,
     cdi: CdiWriter,
+    sharing: sharing::Control,
+    sharing_dir: std::path::PathBuf,
 }
 
 /// What recovery at startup cleaned up.
@@ -116,7 +138,18 @@ impl NodeState {
         cdi: CdiWriter,
     ) -> Result<(NodeState, Recovery), Error> {
         let mig = MigInventory::default();
-        let mut state = NodeState { driver: driver.into(), node: node.into(), inventory, mig, checkpoint, cdi };
+        // Per-claim sharing state (MPS pipes) beside the checkpoint.
+        let sharing_dir = checkpoint.path().parent().unwrap_or(std::path::Path::new("/")).join("mps");
+        let mut state = NodeState {
+            driver: driver.into(),
+            node: node.into(),
+            inventory,
+            mig,
+            checkpoint,
+            cdi,
+            sharing: sharing::Control::FakeHardware,
+            sharing_dir,
+        };
         let abandoned: Vec<String> = state
             .checkpoint
             .data
@@ -127,6 +160,7 @@ impl NodeState {
             .collect();
         for uid in &abandoned {
             state.cdi.remove(uid)?;
+            state.sharing.release(uid, &state.sharing_dir)?;
             state.checkpoint.data.prepared_claims.remove(uid);
         }
         if !abandoned.is_empty() {
@@ -151,6 +185,16 @@ impl NodeState {
     /// count as one device for [`Error::DeviceBusy`].
     pub fn with_mig(mut self, mig: MigInventory) -> Self {
         self.mig = mig;
+        self
+    }
+
+    /// Sets how sharing strategies act on the GPUs (default: fake hardware, container
+    /// edits only).
+    pub fn with_sharing(mut self, control: sharing::Control) -> Self {
+        if let sharing::Control::Gpus { state_dir, .. } = &control {
+            self.sharing_dir = state_dir.clone();
+        }
+        self.sharing = control;
         self
     }
 
@@ -205,6 +249,13 @@ impl NodeState {
                 }),
             }
         }
+        // The GPU claim's containers also get the node-wide base device (the driver's
+        // control nodes, libraries and hooks); once per claim is enough.
+        if self.driver != NIC_DRIVER
+            && let Some(first) = devices.first_mut()
+        {
+            first.cdi_device_ids.push(self.cdi.kind().base_id());
+        }
         for d in devices.iter().filter(|d| !d.admin_access) {
             if let Some((uid, holder, held)) = self.holder_of(&d.device_name, &wanted.uid) {
                 let device = if held == d.device_name {
@@ -219,6 +270,30 @@ impl NodeState {
                 });
             }
         }
+
+        // The claim's GpuConfig, per device (a device serving several requests takes its
+        // first request's), validated before anything is recorded or run.
+        let claim_name = format!("{}/{}", wanted.namespace, wanted.name);
+        let device_configs = if self.driver == NIC_DRIVER {
+            BTreeMap::new()
+        } else {
+            let configs = allocation.devices.as_ref().and_then(|d| d.config.clone()).unwrap_or_default();
+            let requests: Vec<String> = devices.iter().flat_map(|d| d.request_names.iter().cloned()).collect();
+            let by_request = config::effective(&claim_name, &configs, &requests)?;
+            let mut out = BTreeMap::new();
+            for d in &devices {
+                let Some(c) = d.request_names.first().and_then(|r| by_request.get(r)) else { continue };
+                if self.inventory.gpu(&d.device_name).is_none() && c.sharing.strategy != config::Strategy::Exclusive {
+                    return Err(Error::MigSharing {
+                        claim: claim_name,
+                        device: d.device_name.clone(),
+                        strategy: c.sharing.strategy,
+                    });
+                }
+                out.insert(d.device_name.clone(), c.clone());
+            }
+            out
+        };
 
         let record = |state| PreparedClaim {
             state,
@@ -243,6 +318,17 @@ impl NodeState {
                     devices.iter().filter_map(|d| self.mig.device(&self.inventory, &d.device_name)).collect();
                 let mut spec = cdi::gpu_claim_spec(identity, &self.node, &gpus);
                 mig::extend_claim_spec(&mut spec, &wanted.uid, &migs);
+                let edits = self.sharing.apply(&claim_name, &wanted.uid, &gpus, &device_configs, &self.sharing_dir);
+                match edits {
+                    Ok(edits) => edits.extend_spec(&mut spec, &wanted.uid),
+                    Err(e) => {
+                        // Nothing half-applied stays: the record goes, the kubelet retries.
+                        let _ = self.sharing.release(&wanted.uid, &self.sharing_dir);
+                        self.checkpoint.data.prepared_claims.remove(&wanted.uid);
+                        self.checkpoint.save()?;
+                        return Err(e.into());
+                    }
+                }
                 spec
             };
             self.cdi.write(&wanted.uid, &spec)?;
@@ -283,6 +369,7 @@ impl NodeState {
             return Ok(());
         }
         self.cdi.remove(uid)?;
+        self.sharing.release(uid, &self.sharing_dir)?;
         self.checkpoint.data.prepared_claims.remove(uid);
         self.checkpoint.save()?;
         Ok(())
@@ -336,13 +423,60 @@ mod tests {
             .0
     }
 
+    fn with_config(mut claim: ResourceClaim, sharing: serde_json::Value) -> ResourceClaim {
+        let config = json!([
+            { "source": "FromClass", "opaque": { "driver": "gpu.phalanx.dev", "parameters": {
+                "apiVersion": "gpu.phalanx.dev/v1alpha1", "kind": "GpuConfig", "sharing": { "strategy": "TimeSlicing" } } } },
+            { "source": "FromClaim", "requests": ["gpu"], "opaque": { "driver": "gpu.phalanx.dev", "parameters": {
+                "apiVersion": "gpu.phalanx.dev/v1alpha1", "kind": "GpuConfig", "sharing": sharing } } }
+        ]);
+        let devices = claim.status.as_mut().unwrap().allocation.as_mut().unwrap().devices.as_mut().unwrap();
+        devices.config = Some(serde_json::from_value(config).unwrap());
+        claim
+    }
+
+    #[test]
+    fn the_claims_gpu_config_reaches_the_spec_and_a_bad_one_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        let mps = json!({ "strategy": "MPS", "mps": { "defaultActiveThreadPercentage": 30 } });
+        s.prepare(&wanted("a"), &with_config(claim("a", &["gpu-1"], false), mps)).unwrap();
+        let spec = std::fs::read_to_string(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json")).unwrap();
+        for want in [
+            "CUDA_MPS_PIPE_DIRECTORY=/var/run/phalanx/mps",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30",
+            "PHALANX_GPU_1_SHARING=MPS",
+        ] {
+            assert!(spec.contains(want), "{want} missing: {spec}");
+        }
+        assert!(dir.path().join("mps/a/pipe").is_dir(), "the claim's pipe directory beside the checkpoint");
+        s.unprepare("a").unwrap();
+        assert!(!dir.path().join("mps/a").exists());
+
+        let bad = json!({ "strategy": "MPS", "mps": { "defaultActiveThreadPercentage": 300 } });
+        let err = s.prepare(&wanted("b"), &with_config(claim("b", &["gpu-2"], false), bad)).unwrap_err().to_string();
+        assert!(err.contains("entry 1 (FromClaim)") && err.contains("300 is not within 1-100"), "{err}");
+        assert!(!s.prepared().contains_key("b"), "nothing recorded");
+        assert!(!dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_b.json").exists());
+        // The class's TimeSlicing applies where the claim's entry does not name the request.
+        let mut c = with_config(claim("c", &["gpu-3"], false), json!({ "strategy": "Exclusive" }));
+        c.status.as_mut().unwrap().allocation.as_mut().unwrap().devices.as_mut().unwrap().config.as_mut().unwrap()[1]
+            .requests = Some(vec!["other".into()]);
+        s.prepare(&wanted("c"), &c).unwrap();
+        let spec = std::fs::read_to_string(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_c.json")).unwrap();
+        assert!(
+            spec.contains("PHALANX_GPU_3_SHARING=TimeSlicing") && spec.contains("PHALANX_GPU_3_TIMESLICE=Default"),
+            "{spec}"
+        );
+    }
+
     #[test]
     fn prepare_is_idempotent_and_only_prepares_our_driver() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = state(dir.path());
         let a = s.prepare(&wanted("a"), &claim("a", &["gpu-0", "gpu-1"], false)).unwrap();
         assert_eq!(a.len(), 2, "the NIC result belongs to another driver");
-        assert_eq!(a[0].cdi_device_ids, vec!["k8s.gpu.phalanx.dev/gpu=a-gpu-0"]);
+        assert_eq!(a[0].cdi_device_ids, vec!["k8s.gpu.phalanx.dev/gpu=a-gpu-0", "k8s.gpu.phalanx.dev/gpu=base"]);
         assert!(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json").exists());
         assert_eq!(s.prepare(&wanted("a"), &claim("a", &["gpu-0", "gpu-1"], false)).unwrap(), a);
     }
@@ -395,7 +529,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = mig_state(dir.path(), "hgx-h100-8-mig");
         let got = s.prepare(&wanted("a"), &claim("a", &["gpu-4-mig-1g10gb-0", "gpu-4-mig-3g40gb-4"], false)).unwrap();
-        assert_eq!(got[0].cdi_device_ids[0], "k8s.gpu.phalanx.dev/gpu=a-gpu-4-mig-1g10gb-0");
+        assert_eq!(
+            got[0].cdi_device_ids,
+            vec!["k8s.gpu.phalanx.dev/gpu=a-gpu-4-mig-1g10gb-0", "k8s.gpu.phalanx.dev/gpu=base"]
+        );
         let spec = std::fs::read_to_string(dir.path().join("cdi/k8s.gpu.phalanx.dev-gpu_a.json")).unwrap();
         let parent = s.inventory.gpus[4].uuid.clone();
         for want in [

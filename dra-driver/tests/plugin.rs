@@ -196,7 +196,11 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     assert_eq!(ra.error, "");
     let names: Vec<&str> = ra.devices.iter().map(|d| d.device_name.as_str()).collect();
     assert_eq!(names, ["gpu-0", "gpu-1"]);
-    assert_eq!(ra.devices[0].cdi_device_ids, [format!("k8s.gpu.phalanx.dev/gpu={a}-gpu-0")]);
+    assert_eq!(
+        ra.devices[0].cdi_device_ids,
+        [format!("k8s.gpu.phalanx.dev/gpu={a}-gpu-0"), "k8s.gpu.phalanx.dev/gpu=base".to_owned()]
+    );
+    assert!(paths.cdi().join("k8s.gpu.phalanx.dev-gpu_base.json").exists(), "the base spec is written at start");
     assert_eq!((ra.devices[0].pool_name.as_str(), ra.devices[0].request_names.clone()), (NODE, vec!["gpu".to_owned()]));
     assert!(responses[&b].error.contains("already prepared for claim default/a"), "{:?}", responses[&b]);
     assert!(responses[&unallocated].error.contains("not allocated"), "{:?}", responses[&unallocated]);

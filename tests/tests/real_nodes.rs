@@ -90,7 +90,43 @@ struct Driver {
     kubelet_root: PathBuf,
     cdi: PathBuf,
     faults: PathBuf,
+    driver_root: PathBuf,
     kubeconfig: PathBuf,
+}
+
+/// The profile's driver version: the fake driver's library files carry it.
+const DRIVER_VERSION: &str = "570.124.06";
+/// Where the fake driver's libraries go, as on Debian/Ubuntu hosts.
+const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
+
+/// A fake NVIDIA driver installation for one node (fake hardware, as the profiles are):
+/// the control device nodes and one `nvidia<i>` per GPU (character devices with
+/// `/dev/null`'s numbers, so the runtime has real device nodes to create), two driver
+/// libraries with their soname links, and `nvidia-smi`. The driver injects them through
+/// the base CDI device exactly as it would the real ones.
+fn fake_driver_root(dir: &Path) -> PathBuf {
+    let root = dir.join("driver-root");
+    let lib = root.join(LIB_DIR);
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    for name in ["libcuda.so", "libnvidia-ml.so"] {
+        std::fs::write(lib.join(format!("{name}.{DRIVER_VERSION}")), format!("fake {name}\n")).unwrap();
+        let _ = std::fs::remove_file(lib.join(format!("{name}.1")));
+        std::os::unix::fs::symlink(format!("{name}.{DRIVER_VERSION}"), lib.join(format!("{name}.1"))).unwrap();
+    }
+    let smi = root.join("usr/bin/nvidia-smi");
+    std::fs::write(&smi, "#!/bin/sh\necho fake nvidia-smi\n").unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let nodes = ["nvidiactl", "nvidia-uvm"].into_iter().map(String::from).chain((0..8).map(|i| format!("nvidia{i}")));
+    for node in nodes {
+        let path = root.join("dev").join(&node);
+        if !path.exists() {
+            let status = Command::new("mknod").arg(&path).args(["c", "1", "3"]).status().unwrap();
+            assert!(status.success(), "mknod {}", path.display());
+        }
+    }
+    root
 }
 
 impl Driver {
@@ -103,6 +139,7 @@ impl Driver {
             kubelet_root: node.kubelet_root(),
             cdi: node.cdi_dir(),
             faults,
+            driver_root: fake_driver_root(node.dir()),
             kubeconfig: env.kubeconfig_path().to_owned(),
         };
         driver.spawn();
@@ -118,6 +155,8 @@ impl Driver {
             .arg(&self.cdi)
             .arg("--fault-file")
             .arg(&self.faults)
+            .arg("--driver-root")
+            .arg(&self.driver_root)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("PHALANX_DRIVER_LOG").unwrap_or_else(|_| "info".into()));
         let log = self.process.log.clone();
@@ -157,6 +196,17 @@ async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
     let client = env.client();
     let classes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dra-driver/deviceclasses.yaml");
     phalanx_testenv::apply::apply_file(&client, &classes).await.unwrap();
+    let two_requests: ResourceClaimTemplate = from_json(json!({
+        "metadata": { "name": "two-requests" },
+        "spec": { "spec": { "devices": { "requests": [
+            { "name": "first", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 1 } },
+            { "name": "second", "exactly": { "deviceClassName": "gpu.phalanx.dev", "count": 1 } }
+        ] } } }
+    }));
+    Api::<ResourceClaimTemplate>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &two_requests)
+        .await
+        .unwrap();
     for (name, class, count) in
         [("one-gpu", "gpu.phalanx.dev", 1), ("eight-gpus", "gpu.phalanx.dev", 8), ("one-nic", "nic.phalanx.dev", 1)]
     {
@@ -180,6 +230,27 @@ async fn setup(nodes: usize) -> (TestEnv, Vec<Driver>, Process) {
     (env, drivers, scheduler)
 }
 
+/// What a test container prints: its `PHALANX_` environment (`K=V` lines), then what the
+/// base CDI device gave it (`DEV:`, `LIB:`, `LINK:`, `SMI:`, `LDCONF:` lines), then READY.
+const PRINT_DEVICES_AND_SLEEP: &str = "env | grep ^PHALANX_ | sort; \
+    for d in /dev/nvidia*; do [ -e \"$d\" ] && echo DEV:${d#/dev/}; done; \
+    cat /usr/lib/x86_64-linux-gnu/libcuda.so.570.124.06 | sed 's/^/LIB:/'; \
+    echo LINK:$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1); \
+    /usr/bin/nvidia-smi | sed 's/^/SMI:/'; \
+    sed 's/^/LDCONF:/' /etc/ld.so.conf.d/00-phalanx-cdi.conf; \
+    echo READY; exec sleep 3600";
+
+/// The `<prefix>:` lines a test container printed.
+async fn printed(client: &Client, name: &str, container: Option<&str>, prefix: &str) -> BTreeSet<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let params = LogParams { container: container.map(str::to_owned), ..Default::default() };
+    let log = wait::poll(TIMEOUT, &format!("{name} printing what it got"), || async {
+        pods.logs(name, &params).await.ok().filter(|l| l.contains("READY"))
+    })
+    .await;
+    log.lines().filter_map(|l| l.strip_prefix(prefix)).map(|l| l.strip_prefix(':').unwrap_or(l).to_owned()).collect()
+}
+
 /// A pod of the test image that prints its `PHALANX_` environment, then sleeps.
 async fn create_pod(client: &Client, name: &str, claims: &[(&str, &str)], extra: serde_json::Value) {
     let resource_claims: Vec<_> = claims
@@ -195,7 +266,7 @@ async fn create_pod(client: &Client, name: &str, claims: &[(&str, &str)], extra:
             "resourceClaims": resource_claims,
             "containers": [{
                 "name": "main", "image": TESTBOX_IMAGE, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", "env | grep ^PHALANX_ | sort; echo READY; exec sleep 3600"],
+                "command": ["sh", "-c", PRINT_DEVICES_AND_SLEEP],
                 "resources": { "claims": uses }
             }]
         }
@@ -347,6 +418,47 @@ async fn pods_run_on_real_nodes_with_exactly_the_devices_phalanx_allocated() {
         "{env_vars:#?}"
     );
     assert_eq!(env_vars.get("PHALANX_NODE_NAME"), Some(&node_of(&solo)));
+
+    // The base CDI device: the control nodes, exactly the two allocated GPUs' device
+    // nodes, the driver library with the soname link the hook recreated, nvidia-smi, and
+    // the linker configuration the ldcache hook wrote. (Two GPU claims each list the base
+    // device: the runtime injects it once.)
+    let gpus: BTreeSet<String> = ["a", "b"]
+        .iter()
+        .flat_map(|c| allocated(&claims[*c]))
+        .map(|(_, _, device)| format!("nvidia{}", device.trim_start_matches("gpu-")))
+        .collect();
+    let want: BTreeSet<String> = gpus.iter().cloned().chain(["nvidiactl".into(), "nvidia-uvm".into()]).collect();
+    assert_eq!(printed(&client, "solo", None, "DEV").await, want);
+    assert_eq!(printed(&client, "solo", None, "LIB").await, BTreeSet::from(["fake libcuda.so".to_owned()]));
+    assert_eq!(printed(&client, "solo", None, "LINK").await, BTreeSet::from([format!("libcuda.so.{DRIVER_VERSION}")]));
+    assert_eq!(printed(&client, "solo", None, "SMI").await, BTreeSet::from(["fake nvidia-smi".to_owned()]));
+    assert_eq!(printed(&client, "solo", None, "LDCONF").await, BTreeSet::from([format!("/{LIB_DIR}")]));
+
+    // One claim with two requests, shared by an init container and the main container:
+    // both see the same two GPUs, and the claim's list names both.
+    let shared = json!({ "spec": { "initContainers": [{
+        "name": "init", "image": TESTBOX_IMAGE, "imagePullPolicy": "Never",
+        "command": ["sh", "-c", "env | grep ^PHALANX_GPU_ | grep _UUID= | sed 's/^/INIT:/'; echo READY"],
+        "resources": { "claims": [{ "name": "pair" }] }
+    }] } });
+    create_pod(&client, "shared", &[("pair", "two-requests")], shared).await;
+    let shared_pod = wait_running(&client, "shared").await;
+    let shared_claims = claims_of(&client, &shared_pod).await;
+    let main_env = container_env(&client, "shared").await;
+    let main_seen = seen_uuids(&main_env);
+    assert_eq!(main_seen.len(), 2, "{main_env:#?}");
+    assert_eq!(main_seen, allocated_uuids(&client, &shared_claims).await);
+    let init_seen: BTreeSet<String> = printed(&client, "shared", Some("init"), "INIT")
+        .await
+        .iter()
+        .filter_map(|l| l.split_once('=').map(|(_, v)| v.to_owned()))
+        .collect();
+    assert_eq!(init_seen, main_seen, "the init container shares the claim");
+    let key = phalanx_dra_driver_claim_key(&shared_claims["pair"].uid().unwrap());
+    let devices: Vec<String> = allocated(&shared_claims["pair"]).into_iter().map(|(_, _, d)| d).collect();
+    assert_eq!(main_env.get(&format!("PHALANX_CLAIM_{key}_GPUS")), Some(&devices.join(",")));
+    delete_and_wait_gone(&client, "shared").await;
 
     // Deleting the pod unprepares its claims: the CDI specs go.
     let node = env.real_nodes().iter().find(|n| n.name() == node_of(&solo)).unwrap();

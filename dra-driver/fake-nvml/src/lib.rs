@@ -391,6 +391,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     with_gpu(device, |g| {
         // SAFETY: forwarded caller contract.
         match unsafe { put(major, g.compute_capability.0) } {
+            // SAFETY: forwarded caller contract.
             SUCCESS => unsafe { put(minor, g.compute_capability.1) },
             e => e,
         }
@@ -560,8 +561,8 @@ pub unsafe extern "C" fn nvmlDeviceGetRemappedRows(
     let Some((_, gpu)) = gpu_of(device) else { return INVALID_ARGUMENT };
     let file = state().as_ref().and_then(|s| s.events_file.clone());
     let lines = event_lines(&file);
-    let pending = lines.iter().any(|l| *l == Line::RemapPending(gpu));
-    let failure = lines.iter().any(|l| *l == Line::RemapFailure(gpu));
+    let pending = lines.contains(&Line::RemapPending(gpu));
+    let failure = lines.contains(&Line::RemapFailure(gpu));
     // SAFETY: forwarded caller contract.
     unsafe {
         for r in [
