@@ -321,6 +321,28 @@ mod tests {
         }
     }
 
+    /// The shipped examples are valid configs (and say what they claim to).
+    #[test]
+    fn the_examples_configs_are_valid() {
+        use serde::Deserialize;
+        let mut seen = Vec::new();
+        for text in [
+            include_str!("../../deploy/examples/gpu-sharing/mps.yaml"),
+            include_str!("../../deploy/examples/gpu-sharing/time-slicing-class.yaml"),
+        ] {
+            for doc in serde_yaml::Deserializer::from_str(text) {
+                let v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+                let configs = v["spec"]["devices"]["config"].as_array().or(v["spec"]["config"].as_array()).cloned();
+                for c in configs.unwrap_or_default() {
+                    let config: GpuConfig = serde_json::from_value(c["opaque"]["parameters"].clone()).unwrap();
+                    config.validate().unwrap();
+                    seen.push(config.sharing.strategy);
+                }
+            }
+        }
+        assert_eq!(seen, [Strategy::Mps, Strategy::TimeSlicing]);
+    }
+
     #[test]
     fn quantities() {
         assert_eq!(parse_bytes("10Gi"), Some(10 << 30));

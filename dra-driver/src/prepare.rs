@@ -175,9 +175,17 @@ impl NodeState {
         &self.checkpoint.data.prepared_claims
     }
 
-    /// Names of the node's GPUs.
-    pub fn device_names(&self) -> Vec<String> {
-        self.inventory.gpus.iter().map(|g| g.device_name()).collect()
+    /// Names of the node's GPUs, each followed by its MIG devices (for a GPU in MIG
+    /// mode), with the GPU whose health each one has.
+    pub fn device_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for gpu in &self.inventory.gpus {
+            out.push((gpu.device_name(), gpu.device_name()));
+            if let Some(capability) = self.mig.capability(gpu.index) {
+                out.extend(MigInventory::partitions(gpu, capability).map(|d| (d.name(), gpu.device_name())));
+            }
+        }
+        out
     }
 
     /// Sets the node's GPUs in MIG mode (none by default): their MIG devices can then be
@@ -522,6 +530,15 @@ mod tests {
         let (state, _) =
             NodeState::recover("gpu.phalanx.dev", "n", discovery.discover(&ctx).unwrap(), cp, cdi).unwrap();
         state.with_mig(discovery.discover_mig(&ctx).unwrap())
+    }
+
+    #[test]
+    fn health_covers_mig_devices_through_their_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = mig_state(dir.path(), "hgx-h100-8-mig").device_names();
+        assert!(names.contains(&("gpu-4-mig-1g10gb-0".to_owned(), "gpu-4".to_owned())), "{names:?}");
+        assert!(names.contains(&("gpu-0".to_owned(), "gpu-0".to_owned())));
+        assert!(!names.iter().any(|(n, _)| n.starts_with("gpu-0-mig")), "GPU 0 is not in MIG mode");
     }
 
     #[test]

@@ -459,3 +459,25 @@ async fn mig_gpus_publish_shared_counters_and_kube_scheduler_never_over_commits_
     assert!(scheduled(&pods, "whole-5").await, "GPU 5's counters are its own");
     assert_eq!(device_set(&allocated(&claims, &pods, "whole-5").await), set(&[("mig-node", "gpu-5")]));
 }
+
+/// The sharing and MIG examples are accepted by the apiserver as written (their configs
+/// are also valid `GpuConfig`s: `config::tests::the_examples_configs_are_valid`).
+#[tokio::test]
+async fn the_gpu_sharing_examples_are_accepted_by_the_apiserver() {
+    let env = TestEnv::start(Options::default().controller_manager(false).kwok(false)).await.expect("control plane");
+    let client = env.client();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/gpu-sharing");
+    let mut applied = 0;
+    for file in ["mps.yaml", "time-slicing-class.yaml", "mig.yaml"] {
+        applied += phalanx_testenv::apply::apply_file(&client, &dir.join(file)).await.expect("example applies");
+    }
+    assert_eq!(applied, 5, "claim, two pods, class, template");
+    let claim = Api::<ResourceClaim>::namespaced(client.clone(), "default").get("shared-gpu").await.unwrap();
+    let config = claim.spec.unwrap().devices.unwrap().config.unwrap();
+    assert_eq!(config[0].opaque.as_ref().unwrap().parameters.0["sharing"]["strategy"], "MPS");
+    let class = Api::<k8s_openapi::api::resource::v1::DeviceClass>::all(client.clone())
+        .get("timesliced.gpu.phalanx.dev")
+        .await
+        .unwrap();
+    assert_eq!(class.spec.unwrap().config.unwrap()[0].opaque.as_ref().unwrap().parameters.0["kind"], "GpuConfig");
+}

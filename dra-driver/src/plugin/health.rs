@@ -56,8 +56,9 @@ impl HealthService {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let devices = names
             .into_iter()
-            .map(|name| {
-                let reason = unhealthy.get(&name);
+            .map(|(name, gpu)| {
+                // A MIG device is as healthy as the GPU it is cut from.
+                let reason = unhealthy.get(&name).or_else(|| unhealthy.get(&gpu));
                 DeviceHealth {
                     device: Some(DeviceIdentifier { pool_name: self.node.clone(), device_name: name.clone() }),
                     health: if reason.is_some() { HealthStatus::Unhealthy } else { HealthStatus::Healthy } as i32,
