@@ -175,6 +175,26 @@ impl NodeState {
         &self.checkpoint.data.prepared_claims
     }
 
+    /// What `status.devices[].data` says about `device` (identity and placement, as the
+    /// container's environment does), or `None` for a device this node does not have.
+    pub fn device_data(&self, device: &str) -> Option<serde_json::Value> {
+        if let Some(g) = self.inventory.gpu(device) {
+            return Some(serde_json::json!({
+                "uuid": g.uuid, "productName": g.product_name, "pciBusID": g.pci_bus_id,
+                "pcieRoot": g.pcie_root, "numaNode": g.numa_node, "nvlinkDomain": g.nvlink_domain,
+            }));
+        }
+        if let Some(n) = self.inventory.nics.iter().find(|n| n.device_name() == device) {
+            return Some(serde_json::json!({
+                "interfaceName": n.interface_name, "rdmaDevice": n.rdma_device, "pciBusID": n.pci_bus_id,
+                "pcieRoot": n.pcie_root, "numaNode": n.numa_node,
+            }));
+        }
+        self.mig.device(&self.inventory, device).map(
+            |m| serde_json::json!({ "uuid": m.fake_uuid(), "migProfile": m.profile.name, "parentUUID": m.parent.uuid }),
+        )
+    }
+
     /// Names of the node's GPUs, each followed by its MIG devices (for a GPU in MIG
     /// mode), with the GPU whose health each one has.
     pub fn device_names(&self) -> Vec<(String, String)> {

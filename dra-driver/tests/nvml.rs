@@ -296,4 +296,26 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("gpu-1\trow-remap-failure") && !list.contains("gpu-5"), "{list}");
     wait_taints(&client, node, &faulty[..3], &agent).await;
+
+    // HGX fabric info is no multi-node NVLink, so the clique label is the NVLink domain's
+    // fallback: labelling the Node republishes every GPU with it, without a restart.
+    let domains = || async {
+        let slices = slices_of(&client, GPU_DRIVER, node).await;
+        slices
+            .iter()
+            .flat_map(|s| s.spec.devices.clone().unwrap_or_default())
+            .filter_map(|d| d.attributes?.get("nvlinkDomain")?.string.clone())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    assert_eq!(domains().await, [format!("{node}.island-0")].into());
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "nvidia.com/gpu.clique": "4f2c.12" } } });
+    nodes.patch(node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await.unwrap();
+    let relabelled = tokio::time::timeout(TIMEOUT, async {
+        while domains().await != ["4f2c.12".to_owned()].into() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(relabelled.is_ok(), "the label never reached the slices: {:?}\n{}", domains().await, agent.log());
 }

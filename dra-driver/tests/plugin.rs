@@ -225,6 +225,18 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     assert!(env_a.contains(&format!("PHALANX_GPU_0_NVLINK_DOMAIN={domain}")));
     assert!(!paths.cdi_spec(&b).exists());
 
+    // status.devices: one Ready entry per prepared device, with the GPU's identity.
+    let claims_api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+    let status_devices = |c: &ResourceClaim| c.status.as_ref().and_then(|s| s.devices.clone()).unwrap_or_default();
+    let written = claims_api.get("a").await.unwrap();
+    let entries = status_devices(&written);
+    let names: Vec<(&str, &str, &str)> =
+        entries.iter().map(|d| (d.driver.as_str(), d.pool.as_str(), d.device.as_str())).collect();
+    assert_eq!(names, [("gpu.phalanx.dev", NODE, "gpu-0"), ("gpu.phalanx.dev", NODE, "gpu-1")]);
+    let ready = entries[0].conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Prepared"));
+    assert_eq!(entries[1].data.as_ref().unwrap().0["uuid"], inv.gpus[1].uuid.as_str());
+
     // Idempotent, and v1beta1 answers the same.
     let again = prepare(&paths, vec![claim("default", "a", &a)]).await;
     assert_eq!(again[&a], *ra);
@@ -243,6 +255,7 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     assert_eq!(errors.len(), 2);
     assert!(errors.values().all(String::is_empty), "{errors:?}");
     assert!(!paths.cdi_spec(&a).exists());
+    assert!(status_devices(&claims_api.get("a").await.unwrap()).is_empty(), "our status.devices entries removed");
     assert!(unprepare(&paths, vec![claim("default", "a", &a)]).await[&a].is_empty());
     assert_eq!(prepare(&paths, vec![claim("default", "b", &b)]).await[&b].error, "");
 

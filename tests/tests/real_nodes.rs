@@ -307,7 +307,7 @@ async fn container_env(client: &Client, name: &str) -> BTreeMap<String, String> 
 
 /// The claims of a pod (name in the pod spec → ResourceClaim).
 async fn claims_of(client: &Client, pod: &Pod) -> BTreeMap<String, ResourceClaim> {
-    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), NS);
+    let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or(NS));
     let mut out = BTreeMap::new();
     for status in pod.status.as_ref().and_then(|s| s.resource_claim_statuses.clone()).unwrap_or_default() {
         let claim = claims.get(status.resource_claim_name.as_deref().unwrap()).await.unwrap();
@@ -895,6 +895,27 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_node() {
     let tokens: Vec<u8> = serde_json::from_value(answer["choices"][0]["tokens"].clone()).unwrap();
     let model = phalanx_worker::model::Model::new(phalanx_worker::model::ModelConfig::default());
     assert_eq!(tokens, model.generate(prompt.as_bytes(), 8).unwrap());
+
+    // The installed driver, with the chart's RBAC and a node-bound token, wrote the
+    // decode worker's claim's status.devices; its readiness probe passed (it is Ready).
+    let decode_claims = claims_of(&client, &decode).await;
+    let entries: Vec<_> = decode_claims
+        .values()
+        .flat_map(|c| c.status.as_ref().and_then(|s| s.devices.clone()).unwrap_or_default())
+        .collect();
+    assert!(
+        !entries.is_empty() && entries.iter().all(|d| d.driver == "gpu.phalanx.dev" && d.data.is_some()),
+        "{entries:#?}"
+    );
+    let driver_pods: Api<Pod> = Api::namespaced(client.clone(), "phalanx-system");
+    let driver_pod = driver_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=phalanx-dra-driver"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let conditions = driver_pod.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{conditions:#?}");
 
     // Upgrade with a changed configuration: the scheduler pod is replaced and schedules.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "phalanx-system");

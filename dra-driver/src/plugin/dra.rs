@@ -68,11 +68,51 @@ impl DraService {
             .get(&claim.name)
             .await
             .map_err(|source| Error::Fetch { claim: format!("{}/{}", claim.namespace, claim.name), source })?;
-        self.state.lock().await.prepare(claim, &fetched)
+        let (devices, entries) = {
+            let mut state = self.state.lock().await;
+            let devices = state.prepare(claim, &fetched)?;
+            let entries = status_entries(&state, &devices);
+            (devices, entries)
+        };
+        self.report_status(claim, entries).await;
+        Ok(devices)
     }
 
-    /// Unprepares each claim; the error per UID, if any.
+    /// Writes our entries of the claim's `status.devices` (server-side apply with the
+    /// driver as field manager: each driver owns its own entries, an empty list removes
+    /// ours). Best effort: the container does not need it, so a failure is logged, never
+    /// a failed prepare.
+    async fn report_status(&self, claim: &ClaimRef, entries: Vec<serde_json::Value>) {
+        let driver = self.state.lock().await.driver().to_owned();
+        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &claim.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": { "name": claim.name, "uid": claim.uid },
+            "status": { "devices": entries },
+        });
+        let params = kube::api::PatchParams::apply(&driver).force();
+        if let Err(e) = api.patch_status(&claim.name, &params, &kube::api::Patch::Apply(&patch)).await {
+            let not_found = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+            if !not_found {
+                tracing::warn!(claim = format!("{}/{}", claim.namespace, claim.name), error = %e, "writing status.devices");
+            }
+        }
+    }
+
+    /// Unprepares each claim; the error per UID, if any. Our `status.devices` entries of
+    /// a claim that still exists are removed.
     pub async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Option<String>)> {
+        let out = self.unprepare_locked(&claims).await;
+        for (claim, (_, error)) in claims.iter().zip(&out) {
+            if error.is_none() {
+                self.report_status(claim, Vec::new()).await;
+            }
+        }
+        out
+    }
+
+    async fn unprepare_locked(&self, claims: &[ClaimRef]) -> Vec<(String, Option<String>)> {
+        let claims = claims.to_vec();
         let mut state = self.state.lock().await;
         let metrics = crate::metrics::get();
         let out = claims
@@ -86,6 +126,27 @@ impl DraService {
         metrics.set_prepared_claims(state.driver(), state.prepared().len());
         out
     }
+}
+
+/// `status.devices` entries of prepared `devices`: Ready, with the device's identity.
+fn status_entries(state: &NodeState, devices: &[PreparedDevice]) -> Vec<serde_json::Value> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    devices
+        .iter()
+        .map(|d| {
+            let mut entry = serde_json::json!({
+                "driver": state.driver(), "pool": d.pool_name, "device": d.device_name,
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "Prepared", "lastTransitionTime": now,
+                    "message": format!("prepared by {} on this node", state.driver()),
+                }],
+            });
+            if let Some(data) = state.device_data(&d.device_name) {
+                entry["data"] = data;
+            }
+            entry
+        })
+        .collect()
 }
 
 macro_rules! claim_refs {
