@@ -142,3 +142,52 @@ async fn driver_identity_may_write_only_its_own_nodes_slices() {
     assert!(slices_of(&admin, GPU_DRIVER, "node-a").await.is_empty());
     assert_eq!(slices_of(&admin, GPU_DRIVER, "node-b").await.len(), 1, "B untouched");
 }
+
+/// `status.devices` with the chart's RBAC (1.36+ granular status authorization): the
+/// driver on node A writes its own driver's entries of claims allocated on A, and nothing
+/// else: not another driver's entries, not a claim on node B, not the allocation.
+#[tokio::test]
+async fn driver_identity_writes_only_its_own_devices_status_on_its_own_node() {
+    let env = TestEnv::start(Options::default().kwok(false)).await.expect("control plane");
+    let admin = env.client();
+    apply_deploy_file(&admin, "namespace.yaml").await;
+    apply_deploy_file(&admin, "dra-driver/rbac.yaml").await;
+    let node_a = create_node(&admin, "node-a", json!({})).await;
+    create_node(&admin, "node-b", json!({})).await;
+    allocated_claim(&admin, "default", "on-a", "node-a", &["gpu-0"]).await;
+    allocated_claim(&admin, "default", "on-b", "node-b", &["gpu-0"]).await;
+    let as_a = env.client_for_token("driver-on-a", &token_for_node(&env, &node_a).await).await.unwrap();
+    let claims: Api<ResourceClaim> = Api::namespaced(as_a, "default");
+    let apply = |name: &str, driver: &str| {
+        let patch = json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": { "name": name },
+            "status": { "devices": [{ "driver": driver, "pool": "node-a", "device": "gpu-0",
+                "conditions": [{ "type": "Ready", "status": "True", "reason": "Prepared", "message": "",
+                                 "lastTransitionTime": "2026-12-04T00:00:00Z" }] }] }
+        });
+        let (claims, name) = (claims.clone(), name.to_owned());
+        async move {
+            claims
+                .patch_status(
+                    &name,
+                    &kube::api::PatchParams::apply(GPU_DRIVER).force(),
+                    &kube::api::Patch::Apply(&patch),
+                )
+                .await
+        }
+    };
+    // Refused by RBAC (403) or by the granular status check, which the apiserver reports
+    // as an invalid field naming the permission it lacks (422, "requires resource=...").
+    let forbidden = |r: Result<ResourceClaim, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 || (s.code == 422 && s.message.contains("requires resource=")) => {}
+        other => panic!("{what} must be forbidden, got {other:?}"),
+    };
+    apply("on-a", GPU_DRIVER).await.expect("its own driver's entry of a claim on its node");
+    forbidden(apply("on-a", "other.example.com").await, "another driver's entry");
+    forbidden(apply("on-b", GPU_DRIVER).await, "a claim allocated on another node");
+    let clear = json!({ "status": { "allocation": null } });
+    forbidden(
+        claims.patch_status("on-a", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&clear)).await,
+        "the allocation",
+    );
+}

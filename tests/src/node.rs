@@ -527,6 +527,11 @@ impl RealNode {
         // Private tmpfs over the parents of every host-global path the kubelet, containerd and
         // the CNI plugins use (`/var/lib/cni` too), inside this mount namespace only: nothing
         // is created on the host, and no other environment's mounts depend on it.
+        // As on a systemd host, the node's `/` is a shared mount (a peer group of this
+        // namespace alone: the host's mounts stay private): pods' `HostToContainer`
+        // hostPath mounts (the driver's view of the host's `/`) need a shared or slave
+        // source.
+        inside(&["mount", "--make-rshared", "/"])?;
         for parent in ["/run", "/var/lib", "/var/log"] {
             inside(&["mount", "-t", "tmpfs", "-o", "mode=755", "phalanx-node", parent])?;
         }
