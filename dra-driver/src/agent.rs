@@ -239,7 +239,14 @@ fn write_base_spec(config: &AgentConfig, inventory: &NodeInventory) -> Result<Cd
         None if files.links.is_empty() && files.library_dirs.is_empty() => None,
         None => {
             let target = plugin.plugin_dir().join("bin/phalanx-dra-driver");
+            // The hook runs on the host, whatever its libc: the static build beside this
+            // binary (`<exe>-static`, as the image ships it) when there is one.
             let copied = std::env::current_exe().and_then(|exe| {
+                let static_build = exe.with_file_name(format!(
+                    "{}-static",
+                    exe.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+                ));
+                let exe = if static_build.is_file() { static_build } else { exe };
                 std::fs::create_dir_all(target.parent().unwrap_or(&target))?;
                 let tmp = target.with_extension("new");
                 std::fs::copy(&exe, &tmp)?;

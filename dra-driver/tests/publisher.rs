@@ -382,13 +382,12 @@ async fn mig_gpus_publish_shared_counters_and_kube_scheduler_never_over_commits_
 
     let env = TestEnv::start(Options::default().kube_scheduler(true)).await.expect("control plane with kube-scheduler");
     let client = env.client();
+    // The deployed classes include mig.gpu.phalanx.dev (type == 'mig').
     device_classes(&client).await;
-    let mig_class: DeviceClass = from_json(
-        json!({ "metadata": { "name": "mig.gpu.phalanx.dev" }, "spec": { "selectors": [
-        { "cel": { "expression": "device.driver == 'gpu.phalanx.dev' && device.attributes['gpu.phalanx.dev'].type == 'mig'" } }
-    ] } }),
-    );
-    Api::<DeviceClass>::all(client.clone()).create(&PostParams::default(), &mig_class).await.expect("MIG class");
+    let mig_class =
+        Api::<DeviceClass>::all(client.clone()).get("mig.gpu.phalanx.dev").await.expect("MIG class deployed");
+    let selector = &mig_class.spec.as_ref().unwrap().selectors.as_ref().unwrap()[0];
+    assert!(selector.cel.as_ref().unwrap().expression.contains("type == 'mig'"));
 
     let node = create_node(&client, "mig-node", json!({})).await;
     let ctx = NodeContext::named("mig-node");

@@ -5,6 +5,7 @@
 #   hack/images/build.sh base                 pause + testbox (cached; prints the dir)
 #   hack/images/build.sh phalanx [OUT]        phalanx-scheduler, phalanx-dra-driver and
 #                                             phalanx-worker from static musl binaries
+#                                             (the driver's agent: glibc, see below)
 #                                             into OUT (default target/images)
 #   hack/images/build.sh worker [OUT]         phalanx-worker only (what the tests run)
 #
@@ -138,13 +139,36 @@ phalanx() {
   log "cargo build --release --target $target (static binaries)"
   (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$repo=/phalanx" \
     cargo build --release --locked --target "$target" "${names[@]/#/-p=}" >&2)
+  # The driver's agent loads NVML, a shared library of the host's driver, with dlopen,
+  # which a static musl binary cannot do: the image's agent is a glibc build, with the
+  # shared libraries it needs taken from this machine. The static binary stays beside it
+  # as phalanx-dra-driver-static: the CDI hook the container runtime runs on the host,
+  # whatever libc the host has.
+  local gnu=x86_64-unknown-linux-gnu
+  if [[ " ${names[*]} " == *" phalanx-dra-driver "* ]]; then
+    log "cargo build --release --target $gnu -p phalanx-dra-driver (the agent, dynamic glibc)"
+    (cd "$repo" && RUSTFLAGS="--remap-path-prefix=$repo=/phalanx" \
+      cargo build --release --locked --target "$gnu" -p phalanx-dra-driver >&2)
+  fi
   mkdir -p "$out"
   local work
   work=$(mktemp -d)
   for name in "${names[@]}"; do
     mkdir -p "$work/$name/usr/local/bin" "$work/$name/tmp"
     chmod 1777 "$work/$name/tmp"
-    cp "$repo/target/$target/release/$name" "$work/$name/usr/local/bin/$name"
+    if [ "$name" = phalanx-dra-driver ]; then
+      local bin="$repo/target/$gnu/release/$name"
+      cp "$bin" "$work/$name/usr/local/bin/$name"
+      cp "$repo/target/$target/release/$name" "$work/$name/usr/local/bin/$name-static"
+      # Every shared library the agent needs, and the loader, at the paths it names them.
+      local lib
+      for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}'); do
+        mkdir -p "$work/$name$(dirname "$lib")"
+        cp -L "$lib" "$work/$name$lib"
+      done
+    else
+      cp "$repo/target/$target/release/$name" "$work/$name/usr/local/bin/$name"
+    fi
     local labels=()
     if [ "$name" = phalanx-worker ]; then
       # Defaults of the placement hints (the pod's labels and annotations are the truth).

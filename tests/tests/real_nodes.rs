@@ -917,6 +917,56 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_node() {
     let conditions = driver_pod.status.and_then(|s| s.conditions).unwrap_or_default();
     assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{conditions:#?}");
 
+    // The driver image loads an NVML library (dlopen, which its glibc build can do): the
+    // project's fake libnvidia-ml.so and a fake sysfs from the host, through hostPath,
+    // give exactly the profile's GPUs for this node.
+    let fake = env.real_nodes().iter().find(|n| n.name() == "real-0").unwrap().dir().join("fake-nvml");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(workspace_binary("libphalanx_fake_nvml.so"), fake.join("libnvidia-ml.so.1")).unwrap();
+    let status = Command::new(workspace_binary("phalanx-dra-driver"))
+        .args(["fake-sysfs", "--profile", PROFILE, "--out"])
+        .arg(fake.join("sys"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let probe: Pod = from_json(json!({
+        "metadata": { "name": "nvml-in-the-image", "namespace": "phalanx-system" },
+        "spec": {
+            "nodeName": "real-0", "restartPolicy": "Never",
+            "containers": [{
+                "name": "discover", "image": "ghcr.io/phalanx-dev/phalanx-dra-driver:0.1.0", "imagePullPolicy": "Never",
+                "args": ["discover", "--node-name", "real-0", "--nvml-library", "/fake/libnvidia-ml.so.1", "--sysfs-root", "/fake/sys"],
+                "env": [
+                    { "name": "PHALANX_FAKE_NVML_PROFILE", "value": PROFILE },
+                    { "name": "PHALANX_FAKE_NVML_NODE", "value": "real-0" }
+                ],
+                "volumeMounts": [{ "name": "fake", "mountPath": "/fake", "readOnly": true }]
+            }],
+            "volumes": [{ "name": "fake", "hostPath": { "path": fake.display().to_string(), "type": "Directory" } }]
+        }
+    }));
+    let driver_ns: Api<Pod> = Api::namespaced(client.clone(), "phalanx-system");
+    driver_ns.create(&PostParams::default(), &probe).await.unwrap();
+    wait::until(&driver_ns, "nvml-in-the-image", TIMEOUT, "finished", |p: Option<&Pod>| {
+        matches!(p.and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    })
+    .await;
+    let printed = driver_ns.logs("nvml-in-the-image", &LogParams::default()).await.unwrap();
+    let uuids = |yaml: &str| -> Vec<String> {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"));
+        v["gpus"]
+            .as_sequence()
+            .map(|g| g.iter().filter_map(|g| g["uuid"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let expected = Command::new(workspace_binary("phalanx-dra-driver"))
+        .args(["discover", "--profile", PROFILE, "--node-name", "real-0"])
+        .output()
+        .unwrap();
+    let expected = uuids(&String::from_utf8_lossy(&expected.stdout));
+    assert_eq!(expected.len(), 8);
+    assert_eq!(uuids(&printed), expected, "NVML in the image: {printed}");
+
     // Upgrade with a changed configuration: the scheduler pod is replaced and schedules.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "phalanx-system");
     let before = deployments.get("phalanx-scheduler").await.unwrap().spec.template.metadata.unwrap().annotations;
