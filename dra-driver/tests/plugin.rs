@@ -228,7 +228,11 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     // status.devices: one Ready entry per prepared device, with the GPU's identity.
     let claims_api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
     let status_devices = |c: &ResourceClaim| c.status.as_ref().and_then(|s| s.devices.clone()).unwrap_or_default();
-    let written = claims_api.get("a").await.unwrap();
+    // Written off the prepare path, so wait for it.
+    let written = wait::poll(TIMEOUT, "status.devices of a written", || async {
+        claims_api.get("a").await.ok().filter(|c| !status_devices(c).is_empty())
+    })
+    .await;
     let entries = status_devices(&written);
     let names: Vec<(&str, &str, &str)> =
         entries.iter().map(|d| (d.driver.as_str(), d.pool.as_str(), d.device.as_str())).collect();
@@ -255,7 +259,10 @@ async fn kubelet_protocol_prepare_unprepare_cdi_and_health() {
     assert_eq!(errors.len(), 2);
     assert!(errors.values().all(String::is_empty), "{errors:?}");
     assert!(!paths.cdi_spec(&a).exists());
-    assert!(status_devices(&claims_api.get("a").await.unwrap()).is_empty(), "our status.devices entries removed");
+    wait::poll(TIMEOUT, "our status.devices entries of a removed", || async {
+        claims_api.get("a").await.ok().filter(|c| status_devices(c).is_empty()).map(|_| ())
+    })
+    .await;
     assert!(unprepare(&paths, vec![claim("default", "a", &a)]).await[&a].is_empty());
     assert_eq!(prepare(&paths, vec![claim("default", "b", &b)]).await[&b].error, "");
 

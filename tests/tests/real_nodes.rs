@@ -898,11 +898,15 @@ async fn helm_install_upgrade_and_uninstall_on_a_real_node() {
 
     // The installed driver, with the chart's RBAC and a node-bound token, wrote the
     // decode worker's claim's status.devices; its readiness probe passed (it is Ready).
-    let decode_claims = claims_of(&client, &decode).await;
-    let entries: Vec<_> = decode_claims
-        .values()
-        .flat_map(|c| c.status.as_ref().and_then(|s| s.devices.clone()).unwrap_or_default())
-        .collect();
+    let entries = wait::poll(TIMEOUT, "the decode worker's claim's status.devices", || async {
+        let entries: Vec<_> = claims_of(&client, &decode)
+            .await
+            .values()
+            .flat_map(|c| c.status.as_ref().and_then(|s| s.devices.clone()).unwrap_or_default())
+            .collect();
+        (!entries.is_empty()).then_some(entries)
+    })
+    .await;
     assert!(
         !entries.is_empty() && entries.iter().all(|d| d.driver == "gpu.phalanx.dev" && d.data.is_some()),
         "{entries:#?}"

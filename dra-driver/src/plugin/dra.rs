@@ -21,6 +21,15 @@ use crate::proto::{dra_v1 as v1, dra_v1beta1 as v1beta1};
 pub struct DraService {
     state: Arc<Mutex<NodeState>>,
     client: kube::Client,
+    status: tokio::sync::mpsc::UnboundedSender<StatusWrite>,
+}
+
+/// One `status.devices` write: a claim's entries of one driver (empty: remove ours).
+#[derive(Debug)]
+struct StatusWrite {
+    claim: ClaimRef,
+    driver: String,
+    entries: Vec<serde_json::Value>,
 }
 
 impl std::fmt::Debug for DraService {
@@ -31,8 +40,20 @@ impl std::fmt::Debug for DraService {
 
 impl DraService {
     /// A service over `state`, fetching claims through `client`.
+    ///
+    /// `status.devices` is written off the prepare path by one task, in the order the
+    /// claims were prepared and unprepared (so a removal never overtakes its write): the
+    /// container does not need it, and the kubelet should not wait for an apiserver
+    /// write it does not use.
     pub fn new(state: Arc<Mutex<NodeState>>, client: kube::Client) -> Self {
-        DraService { state, client }
+        let (status, mut writes) = tokio::sync::mpsc::unbounded_channel::<StatusWrite>();
+        let writer = client.clone();
+        tokio::spawn(async move {
+            while let Some(w) = writes.recv().await {
+                write_status(&writer, w).await;
+            }
+        });
+        DraService { state, client, status }
     }
 
     /// Prepares each claim; the result per UID.
@@ -68,44 +89,26 @@ impl DraService {
             .get(&claim.name)
             .await
             .map_err(|source| Error::Fetch { claim: format!("{}/{}", claim.namespace, claim.name), source })?;
-        let (devices, entries) = {
-            let mut state = self.state.lock().await;
-            let devices = state.prepare(claim, &fetched)?;
-            let entries = status_entries(&state, &devices);
-            (devices, entries)
-        };
-        self.report_status(claim, entries).await;
+        let mut state = self.state.lock().await;
+        let devices = state.prepare(claim, &fetched)?;
+        let entries = status_entries(&state, &devices);
+        self.report_status(claim, state.driver(), entries);
         Ok(devices)
     }
 
-    /// Writes our entries of the claim's `status.devices` (server-side apply with the
-    /// driver as field manager: each driver owns its own entries, an empty list removes
-    /// ours). Best effort: the container does not need it, so a failure is logged, never
-    /// a failed prepare.
-    async fn report_status(&self, claim: &ClaimRef, entries: Vec<serde_json::Value>) {
-        let driver = self.state.lock().await.driver().to_owned();
-        let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &claim.namespace);
-        let patch = serde_json::json!({
-            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
-            "metadata": { "name": claim.name, "uid": claim.uid },
-            "status": { "devices": entries },
-        });
-        let params = kube::api::PatchParams::apply(&driver).force();
-        if let Err(e) = api.patch_status(&claim.name, &params, &kube::api::Patch::Apply(&patch)).await {
-            let not_found = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
-            if !not_found {
-                tracing::warn!(claim = format!("{}/{}", claim.namespace, claim.name), error = %e, "writing status.devices");
-            }
-        }
+    /// Queues our entries of the claim's `status.devices` for the status writer.
+    fn report_status(&self, claim: &ClaimRef, driver: &str, entries: Vec<serde_json::Value>) {
+        let _ = self.status.send(StatusWrite { claim: claim.clone(), driver: driver.to_owned(), entries });
     }
 
     /// Unprepares each claim; the error per UID, if any. Our `status.devices` entries of
     /// a claim that still exists are removed.
     pub async fn unprepare_claims(&self, claims: Vec<ClaimRef>) -> Vec<(String, Option<String>)> {
         let out = self.unprepare_locked(&claims).await;
+        let driver = self.state.lock().await.driver().to_owned();
         for (claim, (_, error)) in claims.iter().zip(&out) {
             if error.is_none() {
-                self.report_status(claim, Vec::new()).await;
+                self.report_status(claim, &driver, Vec::new());
             }
         }
         out
@@ -125,6 +128,27 @@ impl DraService {
             .collect();
         metrics.set_prepared_claims(state.driver(), state.prepared().len());
         out
+    }
+}
+
+/// Writes a claim's entries of one driver in `status.devices` by server-side apply with
+/// the driver as field manager (each driver owns its own entries; an empty list removes
+/// ours). Best effort: a failure is logged, and a claim gone or replaced (404, or 409 on
+/// the UID precondition) is nothing to report.
+async fn write_status(client: &kube::Client, w: StatusWrite) {
+    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &w.claim.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": { "name": w.claim.name, "uid": w.claim.uid },
+        "status": { "devices": w.entries },
+    });
+    let params = kube::api::PatchParams::apply(&w.driver).force();
+    if let Err(e) = api.patch_status(&w.claim.name, &params, &kube::api::Patch::Apply(&patch)).await {
+        let gone = matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+        if !gone {
+            let claim = format!("{}/{}", w.claim.namespace, w.claim.name);
+            tracing::warn!(claim, error = %e, "writing status.devices");
+        }
     }
 }
 
