@@ -61,17 +61,57 @@ pub fn rootfs_from_state(state: &str) -> Result<PathBuf, Error> {
     Ok(Path::new(bundle).join(root))
 }
 
-/// `path` inside `rootfs`, refusing `..` so that nothing is written outside it.
+/// `path` inside `rootfs`, refusing `..` in it, and resolving symlinks of the image
+/// *within* the root file system: the hook runs as root in the runtime's view of the host,
+/// so an image whose `/usr/lib64` is a symlink to `/etc` must not make it write the
+/// host's `/etc` (the class of bug of CVE-2024-0132 in NVIDIA's toolkit). The last
+/// component is not followed (it is what gets created). `None` when the path is refused
+/// or its symlinks go round in circles.
 fn inside(rootfs: &Path, path: &Path) -> Option<PathBuf> {
-    let mut out = rootfs.to_owned();
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
     for c in path.components() {
         match c {
-            Component::Normal(p) => out.push(p),
+            Component::Normal(p) => parts.push(p.to_owned()),
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => return None,
         }
     }
-    Some(out)
+    let last = parts.pop()?;
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = parts.into();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        let here: PathBuf = resolved.iter().fold(rootfs.to_owned(), |p, c| p.join(c));
+        let candidate = here.join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                let mut next: Vec<std::ffi::OsString> = Vec::new();
+                for c in target.components() {
+                    match c {
+                        Component::Normal(p) => next.push(p.to_owned()),
+                        // `..` stops at the root of the container, as it would inside it.
+                        Component::ParentDir if next.pop().is_none() => {
+                            resolved.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                for p in next.into_iter().rev() {
+                    pending.push_front(p);
+                }
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Some(resolved.iter().fold(rootfs.to_owned(), |p, c| p.join(c)).join(last))
 }
 
 /// Creates each `target::link` under `rootfs`; returns the links created.
@@ -100,12 +140,28 @@ pub fn create_symlinks(rootfs: &Path, links: &[String]) -> Result<Vec<PathBuf>, 
 /// Writes the folders into [`LD_CONF`] under `rootfs`, then runs the first of
 /// `ldconfigs` that exists as `ldconfig -r <rootfs> <folders>`; returns the one run.
 pub fn update_ldcache(rootfs: &Path, folders: &[String], ldconfigs: &[&str]) -> Result<Option<PathBuf>, Error> {
-    let conf = rootfs.join(LD_CONF);
+    let conf = inside(rootfs, Path::new(LD_CONF)).ok_or_else(|| Error::Io {
+        path: rootfs.join(LD_CONF),
+        source: std::io::Error::other("path escapes the container"),
+    })?;
     if let Some(dir) = conf.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
     }
     let text: String = folders.iter().map(|f| format!("{f}\n")).collect();
-    std::fs::write(&conf, text).map_err(|source| Error::Io { path: conf.clone(), source })?;
+    // A fresh file (O_EXCL: never through a symlink the image put there) renamed over
+    // whatever the path holds, so the write lands in the container, not where a link
+    // points.
+    let tmp = conf.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &conf));
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Io { path: conf, source });
+    }
     let Some(ldconfig) = ldconfigs.iter().map(PathBuf::from).find(|p| p.is_file()) else {
         eprintln!(
             "phalanx cdi-hook: no ldconfig on the host; the linker cache is not updated (the soname links still resolve)"
@@ -171,11 +227,42 @@ mod tests {
     }
 
     #[test]
+    fn symlinks_of_the_image_never_lead_outside_its_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        let outside = dir.path().join("host-etc");
+        std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // An image whose /usr/lib64 points at an absolute path, and one climbing with `..`.
+        std::os::unix::fs::symlink(&outside, rootfs.join("usr/lib64")).unwrap();
+        std::os::unix::fs::symlink("../../../../host-etc", rootfs.join("usr/lib")).unwrap();
+        let links = vec!["t::/usr/lib64/libcuda.so.1".to_owned(), "t::/usr/lib/libcuda.so.1".to_owned()];
+        create_symlinks(&rootfs, &links).unwrap();
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside the rootfs");
+        // Both resolve inside the rootfs instead (as they would inside the container).
+        let abs = outside.strip_prefix("/").unwrap();
+        assert!(rootfs.join(abs).join("libcuda.so.1").symlink_metadata().is_ok());
+        assert!(rootfs.join("host-etc/libcuda.so.1").symlink_metadata().is_ok());
+        // A relative link inside the image is followed as the image means it.
+        std::fs::create_dir_all(rootfs.join("usr/lib/x86_64-linux-gnu")).ok();
+        std::os::unix::fs::symlink("lib/x86_64-linux-gnu", rootfs.join("usr/multi")).unwrap();
+        assert_eq!(inside(&rootfs, Path::new("/usr/multi/x")), Some(rootfs.join("host-etc/x86_64-linux-gnu/x")));
+    }
+
+    #[test]
     fn ldcache_conf_is_written_and_a_missing_ldconfig_is_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         let folders = vec!["/usr/lib64".to_owned(), "/usr/lib/x86_64-linux-gnu".to_owned()];
         assert_eq!(update_ldcache(&rootfs, &folders, &["/nonexistent/ldconfig"]).unwrap(), None);
         assert_eq!(std::fs::read_to_string(rootfs.join(LD_CONF)).unwrap(), "/usr/lib64\n/usr/lib/x86_64-linux-gnu\n");
+        // A conf the image made a symlink to a host file is replaced, not written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::remove_file(rootfs.join(LD_CONF)).unwrap();
+        std::os::unix::fs::symlink(&victim, rootfs.join(LD_CONF)).unwrap();
+        update_ldcache(&rootfs, &folders, &["/nonexistent/ldconfig"]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(!rootfs.join(LD_CONF).symlink_metadata().unwrap().file_type().is_symlink());
     }
 }
