@@ -10,14 +10,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::resource::v1::Device;
 use phalanx_dra_driver::attributes::{self, GPU_DRIVER};
 use phalanx_dra_driver::discovery::profile::BUILTIN;
 use phalanx_dra_driver::discovery::{NodeContext, NodeInventory};
-use phalanx_testenv::{Options, TestEnv};
+use phalanx_testenv::{Options, TestEnv, wait};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -104,21 +103,18 @@ fn fabric_info_wins_over_the_label_and_the_label_is_the_fallback() {
     assert!(l40s.gpus.iter().all(|g| g.nvlink_domain.is_none() && g.nvlink_island.is_none()));
 }
 
-/// Polls `f` (a file the agent writes) until it gives a value.
-async fn poll_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 struct Agent {
     child: tokio::process::Child,
     log: PathBuf,
+}
+
+/// A failing test shows the agent's log.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- agent log ({}) -----\n{}", self.log.display(), self.log());
+        }
+    }
 }
 
 impl Agent {
@@ -129,7 +125,7 @@ impl Agent {
     /// The port of `/metrics`, from the agent's log.
     async fn http_port(&self) -> u16 {
         let log = &self.log;
-        poll_until("the agent serves HTTP", || {
+        wait::poll(TIMEOUT, "the agent serving HTTP", || async move {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let line = text.lines().find(|l| l.contains("serving /metrics"))?;
             let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
@@ -200,21 +196,10 @@ async fn taints(client: &kube::Client, node: &str) -> Option<BTreeMap<String, St
     Some(out)
 }
 
-async fn wait_taints(client: &kube::Client, node: &str, want: &[(&str, &str)], agent: &Agent) {
+async fn wait_taints(client: &kube::Client, node: &str, want: &[(&str, &str)]) {
     let want: BTreeMap<String, String> = want.iter().map(|(d, r)| (d.to_string(), r.to_string())).collect();
-    let last = std::sync::Mutex::new(None);
-    let got = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            let t = taints(client, node).await;
-            if t.as_ref() == Some(&want) {
-                return;
-            }
-            *last.lock().unwrap() = t;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(got.is_ok(), "taints never became {want:?}; last {:?}\n{}", last.lock().unwrap(), agent.log());
+    let what = format!("{node}'s taints to become {want:?}");
+    wait::poll(TIMEOUT, &what, || async { (taints(client, node).await.as_ref() == Some(&want)).then_some(()) }).await;
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -239,7 +224,7 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
     let mut agent = spawn_agent(&env, &m, node, 0);
     // The published devices are the profile's, and the GPU that cannot be watched is
     // tainted while the others are watched still.
-    wait_taints(&client, node, &[("gpu-3", "events-unsupported")], &agent).await;
+    wait_taints(&client, node, &[("gpu-3", "events-unsupported")]).await;
     let published: Vec<Device> = slices_of(&client, GPU_DRIVER, node)
         .await
         .iter()
@@ -262,7 +247,7 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
         ("gpu-3", "events-unsupported"),
         ("gpu-5", "xid-79"),
     ];
-    wait_taints(&client, node, &faulty, &agent).await;
+    wait_taints(&client, node, &faulty).await;
 
     let port = agent.http_port().await;
     let (status, metrics) = http_get(port, "/metrics").await;
@@ -277,9 +262,11 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
     agent.child.kill().await.unwrap();
     std::fs::write(m.events(), "").unwrap();
     let agent = spawn_agent(&env, &m, node, 1);
-    poll_until("the restarted agent read its fault store", || agent.log().contains("persisted faults").then_some(()))
-        .await;
-    wait_taints(&client, node, &faulty, &agent).await;
+    wait::poll(TIMEOUT, "the restarted agent reading its fault store", || async {
+        agent.log().contains("persisted faults").then_some(())
+    })
+    .await;
+    wait_taints(&client, node, &faulty).await;
 
     // An operator clears one GPU; the running agent untaints it, the rest stay.
     let out = std::process::Command::new(DRIVER)
@@ -295,7 +282,7 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
         .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("gpu-1\trow-remap-failure") && !list.contains("gpu-5"), "{list}");
-    wait_taints(&client, node, &faulty[..3], &agent).await;
+    wait_taints(&client, node, &faulty[..3]).await;
 
     // HGX fabric info is no multi-node NVLink, so the clique label is the NVLink domain's
     // fallback: labelling the Node republishes every GPU with it, without a restart.
@@ -311,11 +298,8 @@ async fn nvml_health_is_per_gpu_persisted_until_cleared_and_measured() {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let label = json!({ "metadata": { "labels": { "nvidia.com/gpu.clique": "4f2c.12" } } });
     nodes.patch(node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await.unwrap();
-    let relabelled = tokio::time::timeout(TIMEOUT, async {
-        while domains().await != ["4f2c.12".to_owned()].into() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    wait::poll(TIMEOUT, "the clique label to reach every GPU's nvlinkDomain", || async {
+        (domains().await == ["4f2c.12".to_owned()].into()).then_some(())
     })
     .await;
-    assert!(relabelled.is_ok(), "the label never reached the slices: {:?}\n{}", domains().await, agent.log());
 }
