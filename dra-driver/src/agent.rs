@@ -174,13 +174,26 @@ fn open_state(
     tracing::info!(driver, completed = recovery.completed, abandoned = ?recovery.abandoned, "checkpoint recovered");
     // Sharing strategies act on real GPUs only; on fake hardware they edit containers.
     let sharing = match &config.backend {
-        Backend::Nvml { .. } => crate::sharing::Control::Gpus {
-            root: config.driver_root.clone(),
-            state_dir: plugin.plugin_dir().join("mps"),
-        },
+        Backend::Nvml { .. } => crate::sharing::Control::Gpus { root: config.driver_root.clone() },
         Backend::Profile(_) => crate::sharing::Control::FakeHardware,
     };
     Ok(Arc::new(Mutex::new(state.with_mig(mig.clone()).with_sharing(sharing))))
+}
+
+/// Hands the node's GPU pool (MIG counter sets included) to the publisher and counts its
+/// devices by health.
+fn set_gpu_pool(
+    publisher: &Publisher,
+    metrics: &crate::metrics::Metrics,
+    node: &NodeRef,
+    inventory: &NodeInventory,
+    mig: &MigInventory,
+    unhealthy: &attributes::Unhealthy,
+) {
+    let pool = attributes::gpu_pool(inventory, mig, unhealthy, &now());
+    let tainted = pool.devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
+    metrics.set_devices(GPU_DRIVER, pool.devices.len(), tainted);
+    publisher.set_pool_with_counters(GPU_DRIVER, node.clone(), pool.devices, pool.shared_counters);
 }
 
 /// Re-discovers when the Node's labels change (the NVLink clique label is a fallback
@@ -324,10 +337,7 @@ pub async fn run(
         _ => Default::default(),
     };
     let (faults_tx, faults_rx) = watch::channel(Faults { all_nodes: persisted.clone(), ..Default::default() });
-    let pool = attributes::gpu_pool(&inventory, &mig, &persisted, &now());
-    let tainted = pool.devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
-    metrics.set_devices(GPU_DRIVER, pool.devices.len(), tainted);
-    publisher.set_pool_with_counters(GPU_DRIVER, node_ref.clone(), pool.devices, pool.shared_counters);
+    set_gpu_pool(&publisher, &metrics, &node_ref, &inventory, &mig, &persisted);
     let mut drivers = vec![GPU_DRIVER];
     if config.publish_nics && !inventory.nics.is_empty() {
         publisher.set_pool(NIC_DRIVER, node_ref.clone(), attributes::nic_devices(&inventory));
@@ -396,10 +406,7 @@ pub async fn run(
                 let unhealthy = faults.borrow_and_update().for_node(&node_ref.name);
                 let inventory = inventories.borrow().clone();
                 tracing::info!(?unhealthy, "publishing device state");
-                let pool = attributes::gpu_pool(&inventory, &mig, &unhealthy, &now());
-                let tainted = pool.devices.iter().filter(|d| d.taints.as_ref().is_some_and(|t| !t.is_empty())).count();
-                metrics.set_devices(GPU_DRIVER, pool.devices.len(), tainted);
-                publisher.set_pool_with_counters(GPU_DRIVER, node_ref.clone(), pool.devices, pool.shared_counters);
+                set_gpu_pool(&publisher, &metrics, &node_ref, &inventory, &mig, &unhealthy);
             }
         })
     };

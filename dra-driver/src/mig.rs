@@ -28,7 +28,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::attributes::{self, NUMA_NODE, PCIE_ROOT, Unhealthy, bytes_quantity};
 use crate::discovery::{Gpu, NodeInventory};
@@ -309,9 +308,8 @@ impl MigDevice<'_> {
     /// A stable made-up `MIG-<uuid>` for fake hardware (a real one exists only once the
     /// instance is created).
     pub fn fake_uuid(&self) -> String {
-        let d = Sha256::digest(format!("{}/{}/{}", self.parent.uuid, self.profile.name, self.start).as_bytes());
-        let h = hex::encode(&d[..16]);
-        format!("MIG-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        let seed = format!("{}/{}/{}", self.parent.uuid, self.profile.name, self.start);
+        format!("MIG-{}", crate::discovery::uuid_from_seed(&seed))
     }
 }
 

@@ -219,9 +219,6 @@ impl NodeState {
     /// Sets how sharing strategies act on the GPUs (default: fake hardware, container
     /// edits only).
     pub fn with_sharing(mut self, control: sharing::Control) -> Self {
-        if let sharing::Control::Gpus { state_dir, .. } = &control {
-            self.sharing_dir = state_dir.clone();
-        }
         self.sharing = control;
         self
     }

@@ -39,13 +39,10 @@ pub const MPS_PIPE: &str = "/var/run/phalanx/mps";
 pub enum Control {
     /// Profiles: container edits only.
     FakeHardware,
-    /// Real GPUs: tools from `root`, MPS state under `state_dir` (a host path the agent
-    /// also sees at the same path: the plugin directory).
+    /// Real GPUs: tools from `root`.
     Gpus {
         /// The driver root.
         root: DriverRoot,
-        /// `<plugin dir>/mps`.
-        state_dir: PathBuf,
     },
 }
 
@@ -145,25 +142,17 @@ impl Control {
         Ok(Some((path, libs)))
     }
 
-    fn mps_dirs(&self, claim_uid: &str) -> Option<(PathBuf, PathBuf)> {
-        match self {
-            Control::FakeHardware => None,
-            Control::Gpus { state_dir, .. } => {
-                let d = state_dir.join(claim_uid);
-                Some((d.join("pipe"), d.join("log")))
-            }
-        }
-    }
-
     /// Applies the sharing of claim `claim_uid` whose devices `gpus` have `configs`
-    /// (device name → effective config) and returns the container edits.
+    /// (device name → effective config) and returns the container edits. Per-claim MPS
+    /// state goes under `state_dir/<claim uid>` (a host path the agent sees at the same
+    /// path: beside the checkpoint, in the plugin directory).
     pub fn apply(
         &self,
         claim: &str,
         claim_uid: &str,
         gpus: &[&Gpu],
         configs: &BTreeMap<String, GpuConfig>,
-        fake_state_dir: &Path,
+        state_dir: &Path,
     ) -> Result<Edits, Error> {
         let mut edits = Edits::default();
         let mut mps: Vec<&Gpu> = Vec::new();
@@ -202,10 +191,7 @@ impl Control {
             return Ok(edits);
         }
         let settings = mps_config.unwrap_or_default();
-        let (pipe, log) = self.mps_dirs(claim_uid).unwrap_or_else(|| {
-            let d = fake_state_dir.join(claim_uid);
-            (d.join("pipe"), d.join("log"))
-        });
+        let (pipe, log) = mps_dirs(state_dir, claim_uid);
         for dir in [&pipe, &log] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         }
@@ -239,11 +225,8 @@ impl Control {
     }
 
     /// Stops claim `claim_uid`'s MPS daemon, if it has one, and removes its directories.
-    pub fn release(&self, claim_uid: &str, fake_state_dir: &Path) -> Result<(), Error> {
-        let (pipe, log) = self.mps_dirs(claim_uid).unwrap_or_else(|| {
-            let d = fake_state_dir.join(claim_uid);
-            (d.join("pipe"), d.join("log"))
-        });
+    pub fn release(&self, claim_uid: &str, state_dir: &Path) -> Result<(), Error> {
+        let (pipe, log) = mps_dirs(state_dir, claim_uid);
         let Some(dir) = pipe.parent().map(Path::to_owned) else { return Ok(()) };
         if !dir.exists() {
             return Ok(());
@@ -256,6 +239,12 @@ impl Control {
         }
         std::fs::remove_dir_all(&dir).map_err(|source| Error::Io { path: dir, source })
     }
+}
+
+/// A claim's MPS pipe and log directories.
+fn mps_dirs(state_dir: &Path, claim_uid: &str) -> (PathBuf, PathBuf) {
+    let d = state_dir.join(claim_uid);
+    (d.join("pipe"), d.join("log"))
 }
 
 fn mps_env(pipe: &Path, log: &Path, uuids: &[&str]) -> Vec<(String, String)> {
@@ -332,7 +321,7 @@ mod tests {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         }
         let root = DriverRoot { root: dir.join("root"), dev_root: dir.join("root"), ..Default::default() };
-        Control::Gpus { root, state_dir: dir.join("mps") }
+        Control::Gpus { root }
     }
 
     #[test]
@@ -366,7 +355,7 @@ mod tests {
             }),
         });
         let configs = BTreeMap::from([("gpu-0".to_owned(), mps.clone()), ("gpu-1".to_owned(), mps)]);
-        let edits = control.apply("ns/c", "u1", &[&all[0], &all[1]], &configs, dir.path()).unwrap();
+        let edits = control.apply("ns/c", "u1", &[&all[0], &all[1]], &configs, &dir.path().join("mps")).unwrap();
         let pipe = dir.path().join("mps/u1/pipe");
         assert!(pipe.is_dir());
         assert_eq!(
@@ -379,7 +368,7 @@ mod tests {
         assert!(calls.contains(&format!("nvidia-cuda-mps-control -d pipe={} {visible}", pipe.display())), "{calls}");
         assert!(calls.contains("set_default_active_thread_percentage 40"), "{calls}");
         assert!(calls.contains(&format!("set_default_device_pinned_mem_limit {} 2048M", all[1].uuid)), "{calls}");
-        control.release("u1", dir.path()).unwrap();
+        control.release("u1", &dir.path().join("mps")).unwrap();
         assert!(std::fs::read_to_string(dir.path().join("calls")).unwrap().contains("quit"));
         assert!(!dir.path().join("mps/u1").exists());
     }
@@ -390,7 +379,6 @@ mod tests {
         let all = gpus();
         let empty = Control::Gpus {
             root: DriverRoot { root: dir.path().join("none"), dev_root: dir.path().join("none"), ..Default::default() },
-            state_dir: dir.path().join("mps"),
         };
         let mps = |p| {
             config(Sharing {

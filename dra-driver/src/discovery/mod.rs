@@ -185,6 +185,22 @@ pub trait Discovery: Send + Sync {
     }
 }
 
+/// 16 bytes in the UUID form NVML prints (`8-4-4-4-12` lower-case hex).
+pub fn format_uuid(bytes: &[u8; 16]) -> String {
+    let h = hex::encode(bytes);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A stable made-up UUID: the first 16 bytes of `sha256(seed)` (fake hardware's
+/// identities, derived from node and device names).
+pub fn uuid_from_seed(seed: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(seed.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d[..16]);
+    format_uuid(&bytes)
+}
+
 /// Keeps an NVLink domain name within the 64 characters a string attribute may hold:
 /// names that fit are kept, longer ones become a prefix plus a hash.
 pub fn bounded_attribute(value: &str) -> String {

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{Discovery, Error, Gpu, Nic, NodeContext, NodeInventory, bounded_attribute, sysfs};
 use crate::mig::{MigCapability, MigGpu, MigInventory};
@@ -205,16 +204,9 @@ impl Profile {
         }
         // Like NVML's fabric info: "<clusterUuid>.<cliqueId>", the same for every tray of a rack.
         let domain = node.index / multi.nodes_per_domain;
-        let cluster = uuid_from(&format!("{}/nvlink-domain/{domain}", self.name));
+        let cluster = super::uuid_from_seed(&format!("{}/nvlink-domain/{domain}", self.name));
         Some(format!("{cluster}.{}", domain + 1))
     }
-}
-
-/// Formats 16 bytes of `sha256(seed)` as a UUID.
-fn uuid_from(seed: &str) -> String {
-    let d = Sha256::digest(seed.as_bytes());
-    let h = hex::encode(&d[..16]);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Discovery backed by a [`Profile`].
@@ -250,7 +242,7 @@ impl Discovery for ProfileDiscovery {
                 });
                 Gpu {
                     index: slot.index,
-                    uuid: format!("GPU-{}", uuid_from(&format!("{}/{}/{}", p.name, node.name, slot.index))),
+                    uuid: format!("GPU-{}", super::uuid_from_seed(&format!("{}/{}/{}", p.name, node.name, slot.index))),
                     product_name: model.product_name.clone(),
                     architecture: model.architecture.clone(),
                     cuda_compute_capability: model.cuda_compute_capability.clone(),

@@ -115,11 +115,10 @@ impl DraService {
     }
 
     async fn unprepare_locked(&self, claims: &[ClaimRef]) -> Vec<(String, Option<String>)> {
-        let claims = claims.to_vec();
         let mut state = self.state.lock().await;
         let metrics = crate::metrics::get();
         let out = claims
-            .into_iter()
+            .iter()
             .map(|c| {
                 let error = state.unprepare(&c.uid).err().map(|e| e.to_string());
                 metrics.unprepared(state.driver(), error.is_none());

@@ -35,8 +35,7 @@ impl FabricInfo {
     /// `<cluster uuid>.<clique id>`, the form of GPU feature discovery's
     /// `nvidia.com/gpu.clique` label and of NVIDIA's DRA driver.
     pub fn clique(&self) -> String {
-        let h = hex::encode(self.cluster_uuid);
-        format!("{}-{}-{}-{}-{}.{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32], self.clique_id)
+        format!("{}.{}", crate::discovery::format_uuid(&self.cluster_uuid), self.clique_id)
     }
 }
 
